@@ -1,0 +1,1 @@
+"""cicb's library: everything between the raw callback body and the Celery tasks."""

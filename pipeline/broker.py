@@ -1,0 +1,101 @@
+"""What the receiver, the workers and the CLI share about the broker.
+
+Queue names, the transport options every process must agree on, and ``Publisher``: the
+receiver's way to put an envelope on ``ingest`` as an ordinary Celery task message, without
+importing the worker's tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+from pipeline.errors import BrokerUnavailable
+from pipeline.settings import Settings
+
+INGEST_QUEUE = "ingest"
+ACTIONS_QUEUE = "actions"
+DEAD_LETTER_QUEUE = "dead_letter"
+INGEST_TASK = "cicb.ingest"
+
+# How long a process waits for a broker that does not answer before giving up on it.
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+
+
+def queue(name: str) -> Queue:
+    """A durable queue on a direct exchange of the same name (Celery's own convention)."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Options for every connection to the broker.
+
+    The visibility timeout (Redis) must outlast the longest retry countdown, or a message
+    waiting for its countdown is delivered a second time.
+    """
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+    }
+
+
+def connection(settings: Settings) -> Connection:
+    return Connection(settings.broker_url, transport_options=transport_options(settings))
+
+
+def ping(conn: Connection) -> None:
+    """Raise ``BrokerUnavailable`` unless the broker answers now."""
+    try:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=DEFAULT_CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        raise BrokerUnavailable(f"broker unreachable: {exc}") from exc
+
+
+class Publisher:
+    """Sends task messages by name. Thread-safe: producers come from a pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = Celery("cicb-publisher", set_as_current=False)
+        self._app.conf.update(
+            broker_url=settings.broker_url,
+            broker_transport_options=transport_options(settings),
+            broker_connection_retry_on_startup=True,
+            task_serializer="json",
+            task_queues=[queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
+            task_send_sent_event=True,
+            # A receiver must answer 503 quickly when the broker is down, not hang.
+            task_publish_retry_policy={
+                "max_retries": 2,
+                "interval_start": 0,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            },
+        )
+
+    def send(
+        self,
+        task: str,
+        args: list[Any] | tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue_name: str,
+    ) -> str:
+        """Publish one task message; return its task id. Raises ``BrokerUnavailable``."""
+        try:
+            result = self._app.send_task(task, args=args, kwargs=kwargs or {}, queue=queue_name)
+        except Exception as exc:  # kombu raises OperationalError and socket errors alike
+            raise BrokerUnavailable(f"broker did not take the message: {exc}") from exc
+        return str(result.id)
+
+    def ingest(self, envelope: dict[str, Any]) -> str:
+        return self.send(INGEST_TASK, [envelope], queue_name=INGEST_QUEUE)
+
+    def ping(self) -> None:
+        with self._app.connection_for_write() as conn:
+            ping(conn)
+
+    def close(self) -> None:
+        self._app.close()

@@ -1,0 +1,61 @@
+"""The one error hierarchy of cicb.
+
+``PermanentError`` means retrying cannot help (bad payload, no such task): the work is
+dead-lettered at once. ``TransientError`` means it may work later (network, broker): it is
+retried with backoff until the retry budget is used up, then dead-lettered.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error cicb raises on purpose."""
+
+
+class PermanentError(PipelineError):
+    """Retrying cannot succeed; dead-letter the work now."""
+
+
+class TransientError(PipelineError):
+    """A passing failure; retry with backoff."""
+
+
+class ParseError(PermanentError):
+    """The callback body is not a callback cicb can read.
+
+    ``path`` names where in the document the problem is (``JobsDetail.JobId``), or is
+    empty when the body as a whole is unreadable.
+    """
+
+    def __init__(self, reason: str, *, path: str = "") -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class ConfigError(PermanentError):
+    """A ``CICB_`` setting or a custom route module is wrong."""
+
+
+class BrokerUnavailable(TransientError):
+    """The broker did not take or give a message."""
+
+
+class DeliveryError(TransientError):
+    """A notification target failed in a way worth retrying (timeout, 408, 429, 5xx)."""
+
+    def __init__(self, url: str, reason: str, *, retry_after_s: float | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{url}: {reason}")
+
+
+class DeliveryRejected(PermanentError):
+    """A notification target refused the event (a 4xx other than 408 and 429)."""
+
+    def __init__(self, url: str, status: int, body: str) -> None:
+        self.url = url
+        self.status = status
+        self.body = body
+        super().__init__(f"{url}: HTTP {status}: {body[:200]}")

@@ -1,0 +1,169 @@
+"""Routes: which chain of tasks a callback runs, by EventName, Tag and State.
+
+The table is ordered and the first matching route wins: the routes from the modules in
+``CICB_ROUTES`` come first (in the order the modules are named, then in their own order),
+then the built-in defaults. A route that should still notify lists ``notify`` in its chain.
+
+Registration is explicit: ``load_routes`` imports the named modules and reads their
+``routes`` list and the tasks marked with ``@route``; importing a module registers nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from pipeline.errors import ConfigError
+
+ANY = "*"
+
+# Built-in actions by the short name routes use; any other name is a full Celery task name.
+ACTION_ALIASES = {"notify": "cicb.notify"}
+
+ROUTE_ATTRIBUTE = "__cicb_route__"
+
+
+class Routable(Protocol):
+    """What routing reads of an event."""
+
+    @property
+    def event(self) -> str: ...
+    @property
+    def tag(self) -> str | None: ...
+    @property
+    def state(self) -> str: ...
+
+
+def _pattern(value: str | Iterable[str]) -> tuple[str, ...]:
+    values = (value,) if isinstance(value, str) else tuple(value)
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"a route matches a value, a list of values or '*', not {value!r}")
+    return values
+
+
+def _matches(pattern: tuple[str, ...], value: str | None) -> bool:
+    return ANY in pattern or value in pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Run ``chain`` (task names, in order) for callbacks matching event, tag and state.
+
+    Each of ``event``, ``tag`` and ``state`` is a value, a list of values, or ``"*"``.
+    Every task in the chain receives the normalized event (a dict) as its one argument.
+    """
+
+    name: str
+    chain: tuple[str, ...]
+    event: tuple[str, ...] = (ANY,)
+    tag: tuple[str, ...] = (ANY,)
+    state: tuple[str, ...] = (ANY,)
+
+    def __init__(
+        self,
+        name: str,
+        chain: Sequence[str],
+        *,
+        event: str | Iterable[str] = ANY,
+        tag: str | Iterable[str] = ANY,
+        state: str | Iterable[str] = ANY,
+    ) -> None:
+        if not chain:
+            raise ConfigError(f"route {name!r} has an empty chain")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "chain", tuple(ACTION_ALIASES.get(t, t) for t in chain))
+        object.__setattr__(self, "event", _pattern(event))
+        object.__setattr__(self, "tag", _pattern(tag))
+        object.__setattr__(self, "state", _pattern(state))
+
+    def matches(self, event: Routable) -> bool:
+        return (
+            _matches(self.event, event.event)
+            and _matches(self.tag, event.tag)
+            and _matches(self.state, event.state)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "event": list(self.event),
+            "tag": list(self.tag),
+            "state": list(self.state),
+            "chain": list(self.chain),
+        }
+
+
+DEFAULT_ROUTES = (
+    Route("job-succeeded", ["notify"], event="TaskFinish", state="Success"),
+    Route("job-failed", ["notify"], event="TaskFinish", state="Failed"),
+    Route("workflow-finished", ["notify"], event="WorkflowFinish"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    routes: tuple[Route, ...] = field(default=DEFAULT_ROUTES)
+
+    def resolve(self, event: Routable) -> Route | None:
+        """The first route matching ``event``, or None: the callback is unrouted."""
+        return next((r for r in self.routes if r.matches(event)), None)
+
+    def task_names(self) -> set[str]:
+        return {name for r in self.routes for name in r.chain}
+
+
+T = TypeVar("T")
+
+
+def route(
+    *,
+    name: str | None = None,
+    event: str | Iterable[str] = ANY,
+    tag: str | Iterable[str] = ANY,
+    state: str | Iterable[str] = ANY,
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
+) -> Callable[[T], T]:
+    """Mark a Celery task as the action of a route (put it above ``@app.task``).
+
+    The chain is ``before``, then the task, then ``after``. The mark takes effect when
+    the task's module is named in ``CICB_ROUTES``.
+    """
+
+    def mark(task: T) -> T:
+        task_name = getattr(task, "name", None)
+        if not isinstance(task_name, str):
+            raise ConfigError("@route goes above @app.task: it needs the Celery task's name")
+        chain = [*before, task_name, *after]
+        marked = Route(name or task_name, chain, event=event, tag=tag, state=state)
+        setattr(task, ROUTE_ATTRIBUTE, marked)
+        return task
+
+    return mark
+
+
+def load_routes(modules: Sequence[str]) -> RouteTable:
+    """The effective table: routes from ``modules`` first, then the defaults.
+
+    Raises ``ConfigError`` if a module cannot be imported or its ``routes`` are not routes.
+    """
+    custom: list[Route] = []
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"CICB_ROUTES names {module_name!r}, which cannot be imported"
+            ) from exc
+        table = getattr(module, "routes", ())
+        if not all(isinstance(r, Route) for r in table):
+            raise ConfigError(f"{module_name}.routes must be a list of pipeline.routing.Route")
+        custom.extend(table)
+        custom.extend(
+            marked
+            for value in vars(module).values()
+            if isinstance(marked := getattr(value, ROUTE_ATTRIBUTE, None), Route)
+        )
+    return RouteTable((*custom, *DEFAULT_ROUTES))

@@ -1,0 +1,147 @@
+"""Every ``CICB_`` setting, read from the environment once.
+
+``get_settings()`` is the only reader of ``os.environ`` in cicb; everything else takes a
+``Settings``. Units are in the names (``_s`` seconds, ``_bytes`` bytes).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+DEFAULT_RECEIVER_PORT = 8080
+DEFAULT_FLOWER_PORT = 5555
+DEFAULT_EMBEDDED_BROKER_PORT = 6390
+DEFAULT_NOTIFY_TIMEOUT_S = 10.0
+DEFAULT_MAX_RETRIES = 8
+DEFAULT_RETRY_BACKOFF_S = 2
+DEFAULT_RETRY_BACKOFF_MAX_S = 600
+DEFAULT_VISIBILITY_TIMEOUT_S = 7200
+DEFAULT_PREFETCH_MULTIPLIER = 8
+DEFAULT_PUBLISH_TIMEOUT_S = 2.0
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """cicb's configuration. Build it with ``from_env``; tests build it directly."""
+
+    broker_url: str = f"redis://127.0.0.1:{DEFAULT_EMBEDDED_BROKER_PORT}/0"
+    broker_configured: bool = False
+    receiver_host: str = "127.0.0.1"
+    receiver_port: int = DEFAULT_RECEIVER_PORT
+    receiver_token: str | None = field(default=None, repr=False)
+    receiver_url: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S
+    notify_urls: tuple[str, ...] = ()
+    notify_timeout_s: float = DEFAULT_NOTIFY_TIMEOUT_S
+    routes_modules: tuple[str, ...] = ()
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_backoff_s: int = DEFAULT_RETRY_BACKOFF_S
+    retry_backoff_max_s: int = DEFAULT_RETRY_BACKOFF_MAX_S
+    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    prefetch_multiplier: int = DEFAULT_PREFETCH_MULTIPLIER
+    worker_concurrency: int | None = None
+    flower_host: str = "127.0.0.1"
+    flower_port: int = DEFAULT_FLOWER_PORT
+    embedded_broker_port: int = DEFAULT_EMBEDDED_BROKER_PORT
+    data_dir: Path = Path(".cicb")
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.visibility_timeout_s <= self.retry_backoff_max_s:
+            # A countdown longer than the visibility timeout is delivered again and again.
+            raise ConfigError(
+                "CICB_VISIBILITY_TIMEOUT_S must be greater than CICB_RETRY_BACKOFF_MAX_S "
+                f"({self.visibility_timeout_s} <= {self.retry_backoff_max_s})"
+            )
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError(f"CICB_LOG_FORMAT must be auto, json or console: {self.log_format}")
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / "token"
+
+    @property
+    def callback_url(self) -> str:
+        """Where ``cicb send`` posts: ``CICB_RECEIVER_URL`` or the local receiver."""
+        if self.receiver_url:
+            return self.receiver_url
+        return f"http://{self.receiver_host}:{self.receiver_port}/callbacks"
+
+    def effective_token(self) -> str | None:
+        """The receiver's token: ``CICB_RECEIVER_TOKEN``, else the one ``cicb up`` kept."""
+        if self.receiver_token:
+            return self.receiver_token
+        try:
+            return self.token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read every ``CICB_`` variable; raise ``ConfigError`` naming a bad one."""
+
+        def text(name: str, default: str) -> str:
+            return environ.get(f"CICB_{name}", "").strip() or default
+
+        def number(name: str, default: int) -> int:
+            raw = text(name, str(default))
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"CICB_{name} must be an integer: {raw!r}") from exc
+
+        def seconds(name: str, default: float) -> float:
+            raw = text(name, str(default))
+            try:
+                return float(raw)
+            except ValueError as exc:
+                raise ConfigError(f"CICB_{name} must be a number of seconds: {raw!r}") from exc
+
+        broker = environ.get("CICB_BROKER_URL", "").strip()
+        embedded_port = number("EMBEDDED_BROKER_PORT", DEFAULT_EMBEDDED_BROKER_PORT)
+        concurrency = environ.get("CICB_WORKER_CONCURRENCY", "").strip()
+        return cls(
+            # Without a broker URL, cicb talks to the embedded broker that `cicb up` starts.
+            broker_url=broker or f"redis://127.0.0.1:{embedded_port}/0",
+            broker_configured=bool(broker),
+            receiver_host=text("RECEIVER_HOST", "127.0.0.1"),
+            receiver_port=number("RECEIVER_PORT", DEFAULT_RECEIVER_PORT),
+            receiver_token=environ.get("CICB_RECEIVER_TOKEN") or None,
+            receiver_url=environ.get("CICB_RECEIVER_URL") or None,
+            max_body_bytes=number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            publish_timeout_s=seconds("PUBLISH_TIMEOUT_S", DEFAULT_PUBLISH_TIMEOUT_S),
+            notify_urls=_split(environ.get("CICB_NOTIFY_URLS", "")),
+            notify_timeout_s=seconds("NOTIFY_TIMEOUT_S", DEFAULT_NOTIFY_TIMEOUT_S),
+            routes_modules=_split(environ.get("CICB_ROUTES", "")),
+            max_retries=number("MAX_RETRIES", DEFAULT_MAX_RETRIES),
+            retry_backoff_s=number("RETRY_BACKOFF_S", DEFAULT_RETRY_BACKOFF_S),
+            retry_backoff_max_s=number("RETRY_BACKOFF_MAX_S", DEFAULT_RETRY_BACKOFF_MAX_S),
+            visibility_timeout_s=number("VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),
+            prefetch_multiplier=number("PREFETCH_MULTIPLIER", DEFAULT_PREFETCH_MULTIPLIER),
+            worker_concurrency=int(concurrency) if concurrency else None,
+            flower_host=text("FLOWER_HOST", "127.0.0.1"),
+            flower_port=number("FLOWER_PORT", DEFAULT_FLOWER_PORT),
+            embedded_broker_port=embedded_port,
+            data_dir=Path(text("DATA_DIR", ".cicb")),
+            log_level=text("LOG_LEVEL", "INFO").upper(),
+            log_format=text("LOG_FORMAT", "auto"),
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings.from_env(os.environ)

@@ -1,0 +1,49 @@
+"""The Celery app: ``celery -A workers.app worker`` and ``celery -A workers.app flower``.
+
+Workers consume ``ingest`` and ``actions``. ``dead_letter`` is declared where dead
+letters are written and consumed by nobody: ``cicb dlq`` reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from pipeline import logs
+from pipeline.broker import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, queue, transport_options
+from pipeline.settings import get_settings
+
+settings = get_settings()
+
+app = Celery("cicb", include=["workers.tasks", *settings.routes_modules])
+app.conf.update(
+    broker_url=settings.broker_url,
+    broker_transport_options=transport_options(settings),
+    broker_connection_retry_on_startup=True,
+    # Keep reconnecting for as long as the broker is away.
+    broker_connection_max_retries=None,
+    task_queues=[queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
+    task_default_queue=ACTIONS_QUEUE,
+    task_routes={INGEST_TASK: {"queue": INGEST_QUEUE}},
+    task_serializer="json",
+    accept_content=["json"],
+    # Nothing reads task results: Flower gets states from events, dead letters hold failures.
+    task_ignore_result=True,
+    # Ack after the task ran, and give a task back when its worker dies under it.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Callbacks are short tasks: fetch several at a time.
+    worker_prefetch_multiplier=settings.prefetch_multiplier,
+    worker_concurrency=settings.worker_concurrency,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    worker_hijack_root_logger=False,
+    timezone="UTC",
+)
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    logs.configure(settings)

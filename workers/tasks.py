@@ -1,0 +1,68 @@
+"""cicb's tasks: thin wrappers that call into ``pipeline`` and leave the rest to the policy."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import httpx
+from celery import chain
+
+from pipeline import logs
+from pipeline.broker import INGEST_TASK
+from pipeline.errors import ConfigError
+from pipeline.ingest import ingest as ingest_envelope
+from pipeline.notify import TargetsPending
+from pipeline.notify import notify as notify_targets
+from pipeline.routing import Route, RouteTable, load_routes
+from workers.app import app, settings
+from workers.base import PipelineTask
+
+log = logs.get_logger("cicb.tasks")
+
+
+@functools.cache
+def route_table() -> RouteTable:
+    return load_routes(settings.routes_modules)
+
+
+@functools.cache
+def http_client() -> httpx.Client:
+    return httpx.Client(timeout=settings.notify_timeout_s, follow_redirects=False)
+
+
+def dispatch(route: Route, event: dict[str, Any]) -> None:
+    """Start the route's chain on ``actions``; every task gets the event, not the last result."""
+    unknown = [name for name in route.chain if name not in app.tasks]
+    if unknown:
+        # A message for a task no worker knows is discarded by Celery: refuse to send it.
+        raise ConfigError(f"route {route.name!r} names unregistered task(s): {unknown}")
+    steps = [app.signature(name, args=(event,), immutable=True) for name in route.chain]
+    chain(*steps).apply_async()
+
+
+@app.task(base=PipelineTask, name=INGEST_TASK)
+def ingest(envelope: dict[str, Any]) -> list[dict[str, Any]]:
+    """Parse one callback and start its route. The envelope is ``pipeline.envelope``'s JSON."""
+    return ingest_envelope(envelope, table=route_table(), dispatch=dispatch)
+
+
+@app.task(base=PipelineTask, bind=True, name="cicb.notify")
+def notify(self: PipelineTask, event: dict[str, Any], pending: list[str] | None = None) -> int:
+    """POST the event to ``CICB_NOTIFY_URLS`` (or, on a retry, to those still pending)."""
+    urls = settings.notify_urls if pending is None else pending
+    logs.bind(
+        job_id=event.get("job_id") or event.get("run_id"),
+        tag=event.get("tag"),
+        state=event.get("state"),
+        event=event.get("event"),
+    )
+    if not urls:
+        log.info("notify.no_targets")
+        return 0
+    try:
+        notify_targets(http_client(), urls, event)
+    except TargetsPending as exc:
+        self.retry_later(exc, pending=exc.pending)
+    log.info("notified", targets=len(urls))
+    return len(urls)
