@@ -45,6 +45,13 @@ def _read_events(path: Path) -> list[Event]:
         _fail(f"{path}: {exc}")
 
 
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
 def _one_or_many(items: list[Any]) -> Any:
     return items[0] if len(items) == 1 else items
 
@@ -129,7 +136,7 @@ def send(files: tuple[Path, ...], url: str | None, token: str | None, as_json: b
                 {
                     "file": str(path),
                     "status": response.status_code,
-                    "response": response.json() if response.content else None,
+                    "response": _json_or_text(response),
                 }
             )
     if as_json:

@@ -29,18 +29,21 @@ def ingest(envelope_data: Any, *, table: RouteTable, dispatch: Dispatch) -> list
     outcomes = []
     for event in parse(envelope.body, content_type=envelope.content_type):
         data = event.to_dict()
+        logs.bind_event(data)
         route = table.resolve(event)
         if route is not None:
             dispatch(route, data)
         outcome = {
-            "event": event.event,
-            "job_id": data.get("job_id"),
-            "run_id": data.get("run_id"),
-            "tag": event.tag,
-            "state": event.state,
             "route": route.name if route else None,
             "outcome": DISPATCHED if route else UNROUTED,
         }
         log.info("callback", **outcome)
-        outcomes.append(outcome)
+        outcomes.append(
+            {
+                "event": data["event"],
+                "job_id": data.get("job_id"),
+                "run_id": data.get("run_id"),
+                **outcome,
+            }
+        )
     return outcomes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -60,6 +61,17 @@ def configure(settings: Settings) -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.stdlib.get_logger(name)
+
+
+def bind_event(event: Mapping[str, Any]) -> None:
+    """Bind what identifies a normalized event to every later line of this task."""
+    bind(
+        event_name=event.get("event"),
+        job_id=event.get("job_id"),
+        run_id=event.get("run_id"),
+        tag=event.get("tag"),
+        state=event.get("state"),
+    )
 
 
 bind = structlog.contextvars.bind_contextvars

@@ -57,10 +57,10 @@ async def _read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _answer(status: int, request_id: str, **fields: Any) -> JSONResponse:
+def _answer(http_status: int, request_id: str, fields: dict[str, str]) -> JSONResponse:
     return JSONResponse(
         {"request_id": request_id, **fields},
-        status_code=status,
+        status_code=http_status,
         headers={REQUEST_ID_HEADER: request_id},
     )
 
@@ -126,7 +126,7 @@ def create_app(
                     log.error("callback.not_enqueued", request_id=request_id, error=str(exc))
                     status, fields = 503, {"error": "broker unavailable, send again"}
         responses.labels(str(status)).inc()
-        return _answer(status, request_id, **fields)
+        return _answer(status, request_id, fields)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

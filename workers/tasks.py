@@ -51,12 +51,7 @@ def ingest(envelope: dict[str, Any]) -> list[dict[str, Any]]:
 def notify(self: PipelineTask, event: dict[str, Any], pending: list[str] | None = None) -> int:
     """POST the event to ``CICB_NOTIFY_URLS`` (or, on a retry, to those still pending)."""
     urls = settings.notify_urls if pending is None else pending
-    logs.bind(
-        job_id=event.get("job_id") or event.get("run_id"),
-        tag=event.get("tag"),
-        state=event.get("state"),
-        event=event.get("event"),
-    )
+    logs.bind_event(event)
     if not urls:
         log.info("notify.no_targets")
         return 0

