@@ -22,6 +22,10 @@ from pipeline.routing import RouteTable, load_routes
 from pipeline.settings import Settings, get_settings
 
 
+# honcho's exit codes when it stopped everything because it got SIGINT or SIGTERM.
+STOP_SIGNAL_CODES = (130, 143)
+
+
 def _settings() -> Settings:
     try:
         return get_settings()
@@ -76,7 +80,8 @@ def up() -> None:
     click.echo(f"callback URL: {settings.callback_url}?token={token}")
     click.echo(f"Flower:       http://{settings.flower_host}:{settings.flower_port}/")
     manager.loop()
-    sys.exit(manager.returncode)
+    # Stopped by Ctrl-C or SIGTERM with every process down: that is a clean stop.
+    sys.exit(0 if manager.returncode in STOP_SIGNAL_CODES else manager.returncode)
 
 
 @main.command()

@@ -1,0 +1,100 @@
+"""``cicb up`` as ``make run`` uses it: embedded broker, receiver, worker and Flower."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    CICB,
+    ROOT,
+    SHARED_SAMPLES,
+    Process,
+    Target,
+    free_port,
+    run_cli,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
+    tmp_path: Path, target: Target
+) -> None:
+    ports = {name: free_port() for name in ("broker", "receiver", "flower")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CICB_")}
+    env.update(
+        CICB_EMBEDDED_BROKER_PORT=str(ports["broker"]),
+        CICB_RECEIVER_PORT=str(ports["receiver"]),
+        CICB_FLOWER_PORT=str(ports["flower"]),
+        CICB_NOTIFY_URLS=target.url,
+        FLOWER_UNAUTHENTICATED_API="true",
+        PYTHONPATH=str(ROOT),
+    )
+    receiver = f"http://127.0.0.1:{ports['receiver']}"
+    flower = f"http://127.0.0.1:{ports['flower']}"
+
+    def start(n: int) -> Process:
+        up = Process([CICB, "up"], env, tmp_path / f"up{n}.log", cwd=tmp_path).start()
+        wait_until(
+            lambda: httpx.get(f"{receiver}/readyz").status_code == 200,
+            timeout_s=60,
+            what="receiver ready",
+        )
+        wait_until(
+            lambda: httpx.get(f"{flower}/api/workers", params={"refresh": "1"}).json(),
+            timeout_s=60,
+            what="Flower sees the worker",
+        )
+        return up
+
+    up = start(1)
+    try:
+        token = (tmp_path / ".cicb" / "token").read_text().strip()
+        assert f"{receiver}/callbacks?token={token}" in up.log()
+
+        sent = run_cli("send", str(SHARED_SAMPLES / "tts_api.xml"), env=env, cwd=tmp_path)
+        assert ": 200 " in sent.stdout
+        [event] = target.wait_for(1)
+        assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
+
+        (tmp_path / "garbage.xml").write_bytes(b"<Response><EventName>TaskFinish</Even")
+        run_cli("send", str(tmp_path / "garbage.xml"), env=env, cwd=tmp_path)
+        listed = lambda: json.loads(run_cli("dlq", "list", "--json", env=env, cwd=tmp_path).stdout)  # noqa: E731
+        wait_until(lambda: listed()["count"] == 1, what="dead letter")
+
+        # Flower shows the dead-lettered callback as a failed task, with its reason.
+        failed = wait_until(
+            lambda: httpx.get(f"{flower}/api/tasks", params={"state": "FAILURE"}).json(),
+            what="failed task in Flower",
+        )
+        [task] = failed.values()
+        assert task["name"] == "cicb.ingest"
+        assert "ParseError" in task["exception"]
+
+    except BaseException:
+        up.stop()
+        raise
+    os.killpg(up.popen.pid, signal.SIGINT)  # type: ignore[union-attr]  # Ctrl-C
+    assert up.popen.wait(30) == 0  # type: ignore[union-attr]
+    assert not any(port_open(p) for p in ports.values())
+
+    up = start(2)
+    try:
+        assert (tmp_path / ".cicb" / "token").read_text().strip() == token
+        assert listed()["count"] == 1  # the broker's append-only file kept the dead letter
+    finally:
+        up.stop(signal.SIGINT)
+    assert not any(port_open(p) for p in ports.values())
