@@ -21,7 +21,6 @@ from pipeline.parsing import parse
 from pipeline.routing import RouteTable, load_routes
 from pipeline.settings import Settings, get_settings
 
-
 # honcho's exit codes when it stopped everything because it got SIGINT or SIGTERM.
 STOP_SIGNAL_CODES = (130, 143)
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import anyio.to_thread
+import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,6 +24,7 @@ from starlette.routing import Route
 
 from pipeline import logs
 from pipeline.broker import Publisher
+from pipeline.counters import Counters
 from pipeline.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ConfigError
 from pipeline.settings import Settings, get_settings
@@ -36,6 +40,25 @@ class Enqueuer(Protocol):
 
     def ingest(self, envelope: dict[str, Any]) -> str: ...
     def ping(self) -> None: ...
+
+
+class _OutcomeCollector(Collector):
+    """The workers' outcome counts, read from Redis at each scrape."""
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "cicb_callbacks", "Callbacks by what the workers did with them.", labels=["outcome"]
+        )
+        try:
+            counts = self._counters.read()
+        except redis.RedisError:
+            counts = {}
+        for outcome, count in sorted(counts.items()):
+            family.add_metric([outcome], count)
+        yield family
 
 
 class BodyTooLarge(Exception):
@@ -138,8 +161,11 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    registry.register(_OutcomeCollector(Counters(settings.redis_url)))
+
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        text = await anyio.to_thread.run_sync(generate_latest, registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[

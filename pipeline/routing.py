@@ -36,11 +36,16 @@ class Routable(Protocol):
     def state(self) -> str: ...
 
 
-def _pattern(value: str | Iterable[str]) -> tuple[str, ...]:
-    values = (value,) if isinstance(value, str) else tuple(value)
-    if not values or not all(isinstance(v, str) and v for v in values):
-        raise ConfigError(f"a route matches a value, a list of values or '*', not {value!r}")
-    return values
+def _names(value: object, what: str) -> tuple[str, ...]:
+    """One string or a list of strings, as a tuple; anything else is a ``ConfigError``."""
+    values = (value,) if isinstance(value, str) else value
+    if (
+        not isinstance(values, list | tuple)
+        or not values
+        or not all(isinstance(v, str) and v for v in values)
+    ):
+        raise ConfigError(f"{what} must be a name or a non-empty list of names, not {value!r}")
+    return tuple(values)
 
 
 def _matches(pattern: tuple[str, ...], value: str | None) -> bool:
@@ -64,19 +69,18 @@ class Route:
     def __init__(
         self,
         name: str,
-        chain: Sequence[str],
+        chain: str | Sequence[str],
         *,
         event: str | Iterable[str] = ANY,
         tag: str | Iterable[str] = ANY,
         state: str | Iterable[str] = ANY,
     ) -> None:
-        if not chain:
-            raise ConfigError(f"route {name!r} has an empty chain")
+        tasks = _names(chain, f"route {name!r}: chain")
         object.__setattr__(self, "name", name)
-        object.__setattr__(self, "chain", tuple(ACTION_ALIASES.get(t, t) for t in chain))
-        object.__setattr__(self, "event", _pattern(event))
-        object.__setattr__(self, "tag", _pattern(tag))
-        object.__setattr__(self, "state", _pattern(state))
+        object.__setattr__(self, "chain", tuple(ACTION_ALIASES.get(t, t) for t in tasks))
+        object.__setattr__(self, "event", _names(event, f"route {name!r}: event"))
+        object.__setattr__(self, "tag", _names(tag, f"route {name!r}: tag"))
+        object.__setattr__(self, "state", _names(state, f"route {name!r}: state"))
 
     def matches(self, event: Routable) -> bool:
         return (
@@ -153,12 +157,10 @@ def load_routes(modules: Sequence[str]) -> RouteTable:
     for module_name in modules:
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"CICB_ROUTES names {module_name!r}, which cannot be imported"
-            ) from exc
+        except Exception as exc:  # a user's module can fail in any way while importing
+            raise ConfigError(f"CICB_ROUTES: cannot import {module_name!r}: {exc!r}") from exc
         table = getattr(module, "routes", ())
-        if not all(isinstance(r, Route) for r in table):
+        if not isinstance(table, list | tuple) or not all(isinstance(r, Route) for r in table):
             raise ConfigError(f"{module_name}.routes must be a list of pipeline.routing.Route")
         custom.extend(table)
         custom.extend(

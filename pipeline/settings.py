@@ -37,6 +37,7 @@ class Settings:
 
     broker_url: str = f"redis://127.0.0.1:{DEFAULT_EMBEDDED_BROKER_PORT}/0"
     broker_configured: bool = False
+    redis_url: str | None = None
     receiver_host: str = "127.0.0.1"
     receiver_port: int = DEFAULT_RECEIVER_PORT
     receiver_token: str | None = field(default=None, repr=False)
@@ -112,10 +113,12 @@ class Settings:
 
         broker = environ.get("CICB_BROKER_URL", "").strip()
         embedded_port = number("EMBEDDED_BROKER_PORT", DEFAULT_EMBEDDED_BROKER_PORT)
-        concurrency = environ.get("CICB_WORKER_CONCURRENCY", "").strip()
+        broker_url = broker or f"redis://127.0.0.1:{embedded_port}/0"
+        redis_default = broker_url if broker_url.startswith(("redis://", "rediss://")) else None
         return cls(
             # Without a broker URL, cicb talks to the embedded broker that `cicb up` starts.
-            broker_url=broker or f"redis://127.0.0.1:{embedded_port}/0",
+            broker_url=broker_url,
+            redis_url=environ.get("CICB_REDIS_URL", "").strip() or redis_default,
             broker_configured=bool(broker),
             receiver_host=text("RECEIVER_HOST", "127.0.0.1"),
             receiver_port=number("RECEIVER_PORT", DEFAULT_RECEIVER_PORT),
@@ -131,7 +134,7 @@ class Settings:
             retry_backoff_max_s=number("RETRY_BACKOFF_MAX_S", DEFAULT_RETRY_BACKOFF_MAX_S),
             visibility_timeout_s=number("VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),
             prefetch_multiplier=number("PREFETCH_MULTIPLIER", DEFAULT_PREFETCH_MULTIPLIER),
-            worker_concurrency=int(concurrency) if concurrency else None,
+            worker_concurrency=number("WORKER_CONCURRENCY", 0) or None,
             flower_host=text("FLOWER_HOST", "127.0.0.1"),
             flower_port=number("FLOWER_PORT", DEFAULT_FLOWER_PORT),
             embedded_broker_port=embedded_port,

@@ -14,6 +14,7 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline import logs
+from pipeline.counters import Counters
 from pipeline.deadletter import DeadLetter, DeadLetterQueue
 from pipeline.envelope import Envelope
 from pipeline.errors import PermanentError, TransientError
@@ -21,6 +22,7 @@ from pipeline.settings import get_settings
 
 settings = get_settings()
 log = logs.get_logger("cicb.task")
+counters = Counters(settings.redis_url)
 
 
 class PipelineTask(Task):  # type: ignore[misc]
@@ -66,6 +68,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             received_at=envelope.received_at.isoformat() if envelope else None,
         )
         dead_letters().put(letter)
+        counters.add("dead_lettered")
         log.error(
             "dead_lettered",
             dead_letter_id=letter.id,

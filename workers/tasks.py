@@ -16,7 +16,7 @@ from pipeline.notify import TargetsPending
 from pipeline.notify import notify as notify_targets
 from pipeline.routing import Route, RouteTable, load_routes
 from workers.app import app, settings
-from workers.base import PipelineTask
+from workers.base import PipelineTask, counters
 
 log = logs.get_logger("cicb.tasks")
 
@@ -44,7 +44,10 @@ def dispatch(route: Route, event: dict[str, Any]) -> None:
 @app.task(base=PipelineTask, name=INGEST_TASK)
 def ingest(envelope: dict[str, Any]) -> list[dict[str, Any]]:
     """Parse one callback and start its route. The envelope is ``pipeline.envelope``'s JSON."""
-    return ingest_envelope(envelope, table=route_table(), dispatch=dispatch)
+    outcomes = ingest_envelope(envelope, table=route_table(), dispatch=dispatch)
+    for outcome in outcomes:
+        counters.add(outcome["outcome"])
+    return outcomes
 
 
 @app.task(base=PipelineTask, bind=True, name="cicb.notify")

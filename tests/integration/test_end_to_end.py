@@ -133,6 +133,9 @@ def test_unrouted_callback_is_logged_not_dead_lettered(make_stack: object, targe
     assert json.loads(line)["state"] == "Cancel"
     assert dead_letters(stack) == []
     assert target.received == []
+    metrics = httpx.get(f"{stack.url}/metrics").text
+    assert 'cicb_callbacks_total{outcome="unrouted"} 1.0' in metrics
+    assert 'cicb_receiver_responses_total{status="200"} 1.0' in metrics
 
 
 def test_custom_routes_from_a_user_module(
