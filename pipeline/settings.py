@@ -24,7 +24,6 @@ DEFAULT_RETRY_BACKOFF_S = 2
 DEFAULT_RETRY_BACKOFF_MAX_S = 600
 DEFAULT_VISIBILITY_TIMEOUT_S = 7200
 DEFAULT_PREFETCH_MULTIPLIER = 8
-DEFAULT_PUBLISH_TIMEOUT_S = 2.0
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -43,7 +42,6 @@ class Settings:
     receiver_token: str | None = field(default=None, repr=False)
     receiver_url: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S
     notify_urls: tuple[str, ...] = ()
     notify_timeout_s: float = DEFAULT_NOTIFY_TIMEOUT_S
     routes_modules: tuple[str, ...] = ()
@@ -125,7 +123,6 @@ class Settings:
             receiver_token=environ.get("CICB_RECEIVER_TOKEN") or None,
             receiver_url=environ.get("CICB_RECEIVER_URL") or None,
             max_body_bytes=number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-            publish_timeout_s=seconds("PUBLISH_TIMEOUT_S", DEFAULT_PUBLISH_TIMEOUT_S),
             notify_urls=_split(environ.get("CICB_NOTIFY_URLS", "")),
             notify_timeout_s=seconds("NOTIFY_TIMEOUT_S", DEFAULT_NOTIFY_TIMEOUT_S),
             routes_modules=_split(environ.get("CICB_ROUTES", "")),

@@ -37,7 +37,6 @@ def test_from_env_reads_every_kind_of_variable(tmp_path: Path) -> None:
             "CICB_RECEIVER_TOKEN": "s3cret",
             "CICB_RECEIVER_URL": "https://cb.example.com/callbacks",
             "CICB_MAX_BODY_BYTES": "2048",
-            "CICB_PUBLISH_TIMEOUT_S": "0.5",
             "CICB_NOTIFY_TIMEOUT_S": "3",
             "CICB_MAX_RETRIES": "3",
             "CICB_RETRY_BACKOFF_S": "5",
@@ -59,7 +58,6 @@ def test_from_env_reads_every_kind_of_variable(tmp_path: Path) -> None:
     assert settings.receiver_token == "s3cret"
     assert settings.receiver_url == "https://cb.example.com/callbacks"
     assert settings.max_body_bytes == 2048
-    assert settings.publish_timeout_s == 0.5
     assert settings.notify_timeout_s == 3.0
     assert settings.max_retries == 3
     assert settings.retry_backoff_s == 5
@@ -122,7 +120,7 @@ def test_a_bad_integer_is_a_config_error_naming_the_variable(name: str) -> None:
         Settings.from_env({f"CICB_{name}": "5MB"})
 
 
-@pytest.mark.parametrize("name", ["PUBLISH_TIMEOUT_S", "NOTIFY_TIMEOUT_S"])
+@pytest.mark.parametrize("name", ["NOTIFY_TIMEOUT_S"])
 def test_a_bad_number_of_seconds_is_a_config_error_naming_the_variable(name: str) -> None:
     with pytest.raises(ConfigError, match=f"CICB_{name}\\b"):
         Settings.from_env({f"CICB_{name}": "ten"})

@@ -1,0 +1,103 @@
+"""The ``cicb`` command through its installed entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    CICB,
+    SHARED_SAMPLES,
+    TOKEN,
+    Process,
+    Target,
+    cicb_env,
+    run_cli,
+    start_receiver,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(broker_url: str) -> dict[str, str]:
+    return cicb_env(broker_url)
+
+
+def test_help_lists_every_command(env: dict[str, str]) -> None:
+    out = run_cli("--help", env=env).stdout
+    for command in ("up", "receiver", "worker", "send", "parse", "routes", "dlq"):
+        assert command in out
+    assert "replay" in run_cli("dlq", "--help", env=env).stdout
+
+
+def test_parse_prints_the_event_and_refuses_garbage(env: dict[str, str], tmp_path: Path) -> None:
+    event = json.loads(
+        run_cli("parse", str(SHARED_SAMPLES / "workflow_finish.xml"), env=env).stdout
+    )
+    assert event["event"] == "WorkflowFinish"
+    assert event["run_id"] == "i70ae991a152911ecb184525400a8700f"
+    assert event["tasks"][0]["job_id"] == "j70bab192152911ecab79bba409874f7f"
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"EventName": "TaskFinish", "JobsDetail": {"Tag": "Tts"}}')
+    done = run_cli("parse", str(bad), env=env, check=False)
+    assert done.returncode == 1
+    assert "JobsDetail" in done.stderr and "JobId" in done.stderr
+    assert done.stdout == ""
+
+
+def test_routes_explain_says_unrouted(env: dict[str, str], tmp_path: Path) -> None:
+    paused = tmp_path / "paused.json"
+    paused.write_text(
+        '{"EventName": "TaskFinish", "JobsDetail": [{"JobId": "j1", "Tag": "Transcode", '
+        '"State": "Pause"}, {"JobId": "j2", "Tag": "Transcode", "State": "Success"}]}'
+    )
+    out = run_cli("routes", "explain", str(paused), env=env).stdout.splitlines()
+    assert out[0].endswith("-> unrouted")
+    assert "route job-succeeded: cicb.notify" in out[1]
+
+
+def test_bad_routes_setting_is_a_clear_error(env: dict[str, str]) -> None:
+    done = run_cli("routes", env={**env, "CICB_ROUTES": "no_such_module"}, check=False)
+    assert done.returncode == 2
+    assert "no_such_module" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_dlq_commands_guard_against_mistakes(env: dict[str, str]) -> None:
+    assert run_cli("dlq", "purge", env=env, check=False).returncode == 2
+    assert run_cli("dlq", "replay", env=env, check=False).returncode == 2
+    missing = run_cli("dlq", "show", "nope", env=env, check=False)
+    assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_cicb_worker_consumes_what_the_receiver_takes(
+    env: dict[str, str], target: Target, tmp_path: Path
+) -> None:
+    env = {**env, "CICB_NOTIFY_URLS": target.url}
+    worker = Process([CICB, "worker", "-c", "1"], env, tmp_path / "worker.log").start()
+    receiver, url = start_receiver(env, tmp_path / "receiver.log")
+    try:
+        wait_until(lambda: " ready." in worker.log(), timeout_s=60, what="worker ready")
+        sent = run_cli(
+            "send",
+            str(SHARED_SAMPLES / "tts_workflow.xml"),
+            "--url",
+            f"{url}/callbacks",
+            "--token",
+            TOKEN,
+            "--json",
+            env=env,
+        )
+        assert json.loads(sent.stdout)[0]["status"] == 200
+        [event] = target.wait_for(1)
+        assert event["tag"] == "Tts"
+        assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
+    finally:
+        receiver.stop()
+        worker.stop()
