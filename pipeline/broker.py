@@ -82,10 +82,16 @@ class Publisher:
         kwargs: dict[str, Any] | None = None,
         *,
         queue_name: str,
+        chain: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Publish one task message; return its task id. Raises ``BrokerUnavailable``."""
+        """Publish one task message (``chain``: the steps to run after it).
+
+        Returns the task id; raises ``BrokerUnavailable``.
+        """
         try:
-            result = self._app.send_task(task, args=args, kwargs=kwargs or {}, queue=queue_name)
+            result = self._app.send_task(
+                task, args=args, kwargs=kwargs or {}, queue=queue_name, chain=chain
+            )
         except Exception as exc:  # kombu raises OperationalError and socket errors alike
             raise BrokerUnavailable(f"broker did not take the message: {exc}") from exc
         return str(result.id)

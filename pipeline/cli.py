@@ -272,7 +272,9 @@ def dlq_replay(dead_letter_id: str | None, replay_all: bool) -> None:
     publisher = Publisher(settings)
 
     def resend(letter: DeadLetter) -> None:
-        publisher.send(letter.task, letter.args, letter.kwargs, queue_name=letter.queue)
+        publisher.send(
+            letter.task, letter.args, letter.kwargs, queue_name=letter.queue, chain=letter.chain
+        )
 
     count = _guarded(lambda: _dead_letters(settings).replay(resend, dead_letter_id))
     click.echo(f"replayed {count} dead letter(s)")

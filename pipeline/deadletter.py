@@ -35,6 +35,8 @@ class DeadLetter:
     reason: str
     attempts: int
     task_id: str | None = None
+    # The steps of its chain that had not run yet (Celery's request.chain), replayed with it.
+    chain: list[dict[str, Any]] | None = None
     received_at: str | None = None
     failed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     id: str = field(default_factory=lambda: uuid.uuid4().hex)

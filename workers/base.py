@@ -65,6 +65,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             reason=str(exc),
             attempts=self.request.retries + 1,
             task_id=task_id,
+            chain=self.request.chain or None,
             received_at=envelope.received_at.isoformat() if envelope else None,
         )
         dead_letters().put(letter)

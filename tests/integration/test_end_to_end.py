@@ -191,3 +191,35 @@ def test_receiver_answers_503_when_the_broker_is_down(tmp_path: Path) -> None:
     finally:
         receiver.stop()
     assert TOKEN not in receiver.log()
+
+
+def test_replay_of_a_failed_chain_step_runs_the_rest_of_the_chain(
+    make_stack: object, target: Target, tmp_path: Path
+) -> None:
+    marker = tmp_path / "fixed"
+    (tmp_path / "flakyroutes.py").write_text(
+        "from pathlib import Path\n"
+        "from pipeline.errors import PermanentError\n"
+        "from pipeline.routing import route\n"
+        "from workers.app import app\n"
+        "from workers.base import PipelineTask\n"
+        "@route(tag='Tts', after=['notify'])\n"
+        "@app.task(base=PipelineTask, name='flakyroutes.check')\n"
+        "def check(event):\n"
+        f"    if not Path({str(marker)!r}).exists():\n"
+        "        raise PermanentError('not fixed yet')\n"
+    )
+    stack = make_stack(  # type: ignore[operator]
+        CICB_NOTIFY_URLS=target.url, CICB_ROUTES="flakyroutes", PYTHONPATH=str(tmp_path)
+    )
+    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+    [letter] = wait_until(lambda: dead_letters(stack), what="dead letter")
+    assert letter["task"] == "flakyroutes.check"
+    assert letter["reason"] == "not fixed yet"
+    assert target.received == []  # the chain stopped at the failed step
+
+    marker.touch()
+    stack.cli("dlq", "replay", str(letter["id"]))
+    [event] = target.wait_for(1)  # the step ran, then the rest of its chain
+    assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
+    assert dead_letters(stack) == []
