@@ -22,21 +22,12 @@ RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 USER_AGENT = "cicb-notify"
 
 
-class TargetsPending(TransientError):
-    """Some targets failed for now; ``pending`` are the URLs still to notify."""
+class _Undelivered(PipelineError):
+    """Some targets were not notified; ``pending`` are the URLs a retry or replay sends to.
 
-    def __init__(self, pending: list[str], causes: Sequence[PipelineError]) -> None:
-        self.pending = pending
-        self.causes = list(causes)
-        super().__init__(f"{len(pending)} target(s) not notified yet; first: {causes[0]}")
-
-    @property
-    def replay_kwargs(self) -> dict[str, Any]:
-        return {"pending": self.pending}
-
-
-class TargetsRejected(PermanentError):
-    """A target refused the event; ``pending`` are every URL not yet notified."""
+    ``replay_kwargs`` is what a dead letter of the notify task keeps, so a replay only
+    notifies the targets that did not get the event.
+    """
 
     def __init__(self, pending: list[str], causes: Sequence[PipelineError]) -> None:
         self.pending = pending
@@ -46,6 +37,14 @@ class TargetsRejected(PermanentError):
     @property
     def replay_kwargs(self) -> dict[str, Any]:
         return {"pending": self.pending}
+
+
+class TargetsPending(_Undelivered, TransientError):
+    """Every target that failed did so for now: retry them."""
+
+
+class TargetsRejected(_Undelivered, PermanentError):
+    """A target refused the event: dead-letter the ones not notified."""
 
 
 def deliver(client: httpx.Client, url: str, event: Mapping[str, Any]) -> None:
