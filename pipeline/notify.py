@@ -1,8 +1,12 @@
-"""The ``notify`` action: POST the normalized event as JSON to each target URL."""
+"""The ``notify`` action: tell every target about an event, each in its own format.
+
+Targets that fail for now are retried; only they are sent to again, so a retry or a replay
+never notifies a target twice for one attempt that reached it.
+"""
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,18 +19,16 @@ from pipeline.errors import (
     PipelineError,
     TransientError,
 )
-
-# Statuses worth sending again: the target is busy or broken for now, not refusing.
-RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+from pipeline.targets import Target, build_request, check_response
 
 USER_AGENT = "cicb-notify"
 
 
 class _Undelivered(PipelineError):
-    """Some targets were not notified; ``pending`` are the URLs a retry or replay sends to.
+    """Some targets were not notified; ``pending`` are their ids, for a retry or replay.
 
     ``replay_kwargs`` is what a dead letter of the notify task keeps, so a replay only
-    notifies the targets that did not get the event.
+    notifies the targets that did not get the event. Ids, not URLs: URLs hold secrets.
     """
 
     def __init__(self, pending: list[str], causes: Sequence[PipelineError]) -> None:
@@ -38,6 +40,11 @@ class _Undelivered(PipelineError):
     def replay_kwargs(self) -> dict[str, Any]:
         return {"pending": self.pending}
 
+    @property
+    def retry_after_s(self) -> float | None:
+        waits = [c.retry_after_s for c in self.causes if isinstance(c, DeliveryError)]
+        return max((w for w in waits if w is not None), default=None)
+
 
 class TargetsPending(_Undelivered, TransientError):
     """Every target that failed did so for now: retry them."""
@@ -47,42 +54,48 @@ class TargetsRejected(_Undelivered, PermanentError):
     """A target refused the event: dead-letter the ones not notified."""
 
 
-def deliver(client: httpx.Client, url: str, event: Mapping[str, Any]) -> None:
-    """POST ``event`` to ``url``. Raises ``DeliveryError`` (retry) or ``DeliveryRejected``."""
+def deliver(
+    client: httpx.Client,
+    target: Target,
+    event: Mapping[str, Any],
+    *,
+    webhook_key: bytes | None = None,
+) -> None:
+    """POST ``event`` to ``target``. Raises ``DeliveryError`` (retry) or ``DeliveryRejected``."""
+    url, headers, body = build_request(target, event, webhook_key=webhook_key, now_s=time.time())
     try:
-        response = client.post(
-            url,
-            content=json.dumps(event, ensure_ascii=False).encode(),
-            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
-        )
+        response = client.post(url, content=body, headers={**headers, "User-Agent": USER_AGENT})
     except httpx.TimeoutException as exc:
-        raise DeliveryError(url, f"timed out: {exc!r}") from exc
+        raise DeliveryError(target.describe(), f"timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
-        raise DeliveryError(url, f"connection failed: {exc!r}") from exc
-    if response.is_success:
-        return
-    if response.status_code in RETRYABLE_STATUSES:
-        raise DeliveryError(url, f"HTTP {response.status_code}")
-    raise DeliveryRejected(url, response.status_code, response.text[:1000])
+        # The exception's text can hold the URL, and so a secret: keep only its type.
+        raise DeliveryError(target.describe(), f"connection failed ({type(exc).__name__})") from exc
+    check_response(target, response)
 
 
-def notify(client: httpx.Client, urls: Sequence[str], event: Mapping[str, Any]) -> None:
-    """Deliver to every URL, trying them all before raising.
+def notify(
+    client: httpx.Client,
+    targets: Sequence[Target],
+    event: Mapping[str, Any],
+    *,
+    webhook_key: bytes | None = None,
+) -> None:
+    """Deliver to every target, trying them all before raising.
 
     Raises ``TargetsRejected`` if any target refused the event, else ``TargetsPending``
-    if any failed for now; either names the URLs that were not notified.
+    if any failed for now; either names the ids of the targets that were not notified.
     """
-    retryable: list[DeliveryError] = []
-    rejected: list[DeliveryRejected] = []
-    for url in urls:
+    retryable: list[tuple[Target, DeliveryError]] = []
+    rejected: list[tuple[Target, DeliveryRejected]] = []
+    for target in targets:
         try:
-            deliver(client, url, event)
+            deliver(client, target, event, webhook_key=webhook_key)
         except DeliveryError as exc:
-            retryable.append(exc)
+            retryable.append((target, exc))
         except DeliveryRejected as exc:
-            rejected.append(exc)
-    pending = [e.url for e in rejected] + [e.url for e in retryable]
+            rejected.append((target, exc))
+    pending = [t.id for t, _ in rejected] + [t.id for t, _ in retryable]
     if rejected:
-        raise TargetsRejected(pending, [*rejected, *retryable])
+        raise TargetsRejected(pending, [e for _, e in rejected] + [e for _, e in retryable])
     if retryable:
-        raise TargetsPending(pending, retryable)
+        raise TargetsPending(pending, [e for _, e in retryable])

@@ -44,6 +44,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     notify_urls: tuple[str, ...] = ()
     notify_timeout_s: float = DEFAULT_NOTIFY_TIMEOUT_S
+    notify_secret: str | None = field(default=None, repr=False)
     routes_modules: tuple[str, ...] = ()
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_backoff_s: int = DEFAULT_RETRY_BACKOFF_S
@@ -125,6 +126,7 @@ class Settings:
             max_body_bytes=number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             notify_urls=_split(environ.get("CICB_NOTIFY_URLS", "")),
             notify_timeout_s=seconds("NOTIFY_TIMEOUT_S", DEFAULT_NOTIFY_TIMEOUT_S),
+            notify_secret=environ.get("CICB_NOTIFY_SECRET") or None,
             routes_modules=_split(environ.get("CICB_ROUTES", "")),
             max_retries=number("MAX_RETRIES", DEFAULT_MAX_RETRIES),
             retry_backoff_s=number("RETRY_BACKOFF_S", DEFAULT_RETRY_BACKOFF_S),

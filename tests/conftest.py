@@ -72,7 +72,7 @@ def target() -> Iterator[Target]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            status = recorder.answer()
+            status, reply, headers = recorder.answer()
             with recorder.lock:
                 recorder.received.append(
                     {
@@ -83,8 +83,11 @@ def target() -> Iterator[Target]:
                     }
                 )
             self.send_response(status)
-            self.send_header("Content-Length", "0")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
+            self.wfile.write(reply)
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -90,9 +90,14 @@ class Target:
     default_status: int = 200
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def answer(self) -> int:
+    # Whole answers (status, body, headers) to give before the statuses above.
+    replies: list[tuple[int, bytes, dict[str, str]]] = field(default_factory=list)
+
+    def answer(self) -> tuple[int, bytes, dict[str, str]]:
         with self.lock:
-            return self.statuses.pop(0) if self.statuses else self.default_status
+            if self.replies:
+                return self.replies.pop(0)
+            return (self.statuses.pop(0) if self.statuses else self.default_status), b"", {}
 
     def bodies(self) -> list[Any]:
         with self.lock:

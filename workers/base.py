@@ -37,14 +37,21 @@ class PipelineTask(Task):  # type: ignore[misc]
         logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)
         return super().__call__(*args, **kwargs)
 
-    def retry_later(self, exc: TransientError, **kwargs: Any) -> NoReturn:
-        """Retry with the shared backoff, replacing the keyword arguments given."""
+    def retry_later(
+        self, exc: TransientError, *, at_least_s: float | None = None, **kwargs: Any
+    ) -> NoReturn:
+        """Retry with the shared backoff, replacing the keyword arguments given.
+
+        ``at_least_s`` (a peer's Retry-After) lengthens the wait, up to the backoff cap.
+        """
         countdown = get_exponential_backoff_interval(
             factor=self.retry_backoff,
             retries=self.request.retries,
             maximum=self.retry_backoff_max,
             full_jitter=self.retry_jitter,
         )
+        if at_least_s is not None:
+            countdown = min(max(countdown, at_least_s), self.retry_backoff_max)
         raise self.retry(exc=exc, countdown=countdown, kwargs={**self.request.kwargs, **kwargs})
 
     def on_failure(

@@ -15,10 +15,16 @@ from pipeline.ingest import ingest as ingest_envelope
 from pipeline.notify import TargetsPending
 from pipeline.notify import notify as notify_targets
 from pipeline.routing import Route, RouteTable, load_routes
+from pipeline.signing import webhook_secret_bytes
+from pipeline.targets import Target
 from workers.app import app, settings
 from workers.base import PipelineTask, counters
 
 log = logs.get_logger("cicb.tasks")
+
+# Read and checked when the worker starts: a bad target or secret stops it with the reason.
+NOTIFY_TARGETS = tuple(Target.parse(url) for url in settings.notify_urls)
+WEBHOOK_KEY = webhook_secret_bytes(settings.notify_secret) if settings.notify_secret else None
 
 
 @functools.cache
@@ -52,15 +58,19 @@ def ingest(envelope: dict[str, Any]) -> list[dict[str, Any]]:
 
 @app.task(base=PipelineTask, bind=True, name="cicb.notify")
 def notify(self: PipelineTask, event: dict[str, Any], pending: list[str] | None = None) -> int:
-    """POST the event to ``CICB_NOTIFY_URLS`` (or, on a retry, to those still pending)."""
-    urls = settings.notify_urls if pending is None else pending
+    """Notify ``CICB_NOTIFY_URLS`` of the event (on a retry or replay, the targets pending)."""
     logs.bind_event(event)
-    if not urls:
-        log.info("notify.no_targets")
+    targets = NOTIFY_TARGETS
+    if pending is not None:
+        targets = tuple(t for t in NOTIFY_TARGETS if t.id in pending)
+        if gone := set(pending) - {t.id for t in targets}:
+            log.warning("notify.targets_gone", target_ids=sorted(gone))
+    if not targets:
+        log.warning("notify.no_targets")
         return 0
     try:
-        notify_targets(http_client(), urls, event)
+        notify_targets(http_client(), targets, event, webhook_key=WEBHOOK_KEY)
     except TargetsPending as exc:
-        self.retry_later(exc, pending=exc.pending)
-    log.info("notified", targets=len(urls))
-    return len(urls)
+        self.retry_later(exc, at_least_s=exc.retry_after_s, pending=exc.pending)
+    log.info("notified", targets=[t.describe() for t in targets])
+    return len(targets)
