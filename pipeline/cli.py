@@ -18,7 +18,7 @@ from pipeline.deadletter import DeadLetter, DeadLetterQueue
 from pipeline.errors import PipelineError
 from pipeline.events import Event
 from pipeline.parsing import parse
-from pipeline.routing import RouteTable, load_routes
+from pipeline.routing import RouteTable, table_for
 from pipeline.settings import Settings, get_settings
 
 # honcho's exit codes when it stopped everything because it got SIGINT or SIGTERM.
@@ -161,7 +161,7 @@ def parse_command(file: Path) -> None:
 
 def _table(settings: Settings) -> RouteTable:
     try:
-        return load_routes(settings.routes_modules)
+        return table_for(settings)
     except PipelineError as exc:
         _fail(str(exc), code=2)
 

@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from pipeline.errors import ConfigError
+from pipeline.settings import Settings
 
 ANY = "*"
 
 # Built-in actions by the short name routes use; any other name is a full Celery task name.
-ACTION_ALIASES = {"notify": "cicb.notify"}
+ACTION_ALIASES = {
+    "notify": "cicb.notify",
+    "copy_output": "cicb.copy_output",
+    "retry_job": "cicb.retry_job",
+}
 
 ROUTE_ATTRIBUTE = "__cicb_route__"
 
@@ -99,11 +104,18 @@ class Route:
         }
 
 
-DEFAULT_ROUTES = (
-    Route("job-succeeded", ["notify"], event="TaskFinish", state="Success"),
-    Route("job-failed", ["notify"], event="TaskFinish", state="Failed"),
-    Route("workflow-finished", ["notify"], event="WorkflowFinish"),
-)
+def default_routes(*, copy_output: bool = False, retry_job: bool = False) -> tuple[Route, ...]:
+    """The built-in routes; ``copy_output`` and ``retry_job`` join them once configured."""
+    on_success = ["notify", *(["copy_output"] if copy_output else [])]
+    on_failure = ["notify", *(["retry_job"] if retry_job else [])]
+    return (
+        Route("job-succeeded", on_success, event="TaskFinish", state="Success"),
+        Route("job-failed", on_failure, event="TaskFinish", state="Failed"),
+        Route("workflow-finished", ["notify"], event="WorkflowFinish"),
+    )
+
+
+DEFAULT_ROUTES = default_routes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +160,10 @@ def route(
     return mark
 
 
-def load_routes(modules: Sequence[str]) -> RouteTable:
-    """The effective table: routes from ``modules`` first, then the defaults.
+def load_routes(
+    modules: Sequence[str], *, defaults: tuple[Route, ...] = DEFAULT_ROUTES
+) -> RouteTable:
+    """The effective table: routes from ``modules`` first, then ``defaults``.
 
     Raises ``ConfigError`` if a module cannot be imported or its ``routes`` are not routes.
     """
@@ -168,4 +182,12 @@ def load_routes(modules: Sequence[str]) -> RouteTable:
             for value in vars(module).values()
             if isinstance(marked := getattr(value, ROUTE_ATTRIBUTE, None), Route)
         )
-    return RouteTable((*custom, *DEFAULT_ROUTES))
+    return RouteTable((*custom, *defaults))
+
+
+def table_for(settings: Settings) -> RouteTable:
+    """The table a worker runs with: ``CICB_ROUTES`` modules, then the configured defaults."""
+    defaults = default_routes(
+        copy_output=settings.copy_dest is not None, retry_job=settings.cos_configured
+    )
+    return load_routes(settings.routes_modules, defaults=defaults)

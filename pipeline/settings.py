@@ -24,6 +24,7 @@ DEFAULT_RETRY_BACKOFF_S = 2
 DEFAULT_RETRY_BACKOFF_MAX_S = 600
 DEFAULT_VISIBILITY_TIMEOUT_S = 7200
 DEFAULT_PREFETCH_MULTIPLIER = 8
+DEFAULT_RETRY_MAX_ATTEMPTS = 2
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -46,6 +47,13 @@ class Settings:
     notify_timeout_s: float = DEFAULT_NOTIFY_TIMEOUT_S
     notify_secret: str | None = field(default=None, repr=False)
     routes_modules: tuple[str, ...] = ()
+    copy_dest: str | None = None
+    s3_endpoint_url: str | None = None
+    cos_secret_id: str | None = field(default=None, repr=False)
+    cos_secret_key: str | None = field(default=None, repr=False)
+    ci_endpoint: str | None = None
+    retry_max_attempts: int = DEFAULT_RETRY_MAX_ATTEMPTS
+    retry_never_codes: tuple[str, ...] | None = None
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_backoff_s: int = DEFAULT_RETRY_BACKOFF_S
     retry_backoff_max_s: int = DEFAULT_RETRY_BACKOFF_MAX_S
@@ -68,6 +76,11 @@ class Settings:
             )
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"CICB_LOG_FORMAT must be auto, json or console: {self.log_format}")
+
+    @property
+    def cos_configured(self) -> bool:
+        """Whether cicb can call CI's API (``retry_job`` needs it)."""
+        return bool(self.cos_secret_id and self.cos_secret_key)
 
     @property
     def token_file(self) -> Path:
@@ -128,6 +141,17 @@ class Settings:
             notify_timeout_s=seconds("NOTIFY_TIMEOUT_S", DEFAULT_NOTIFY_TIMEOUT_S),
             notify_secret=environ.get("CICB_NOTIFY_SECRET") or None,
             routes_modules=_split(environ.get("CICB_ROUTES", "")),
+            copy_dest=environ.get("CICB_COPY_DEST", "").strip() or None,
+            s3_endpoint_url=environ.get("CICB_S3_ENDPOINT_URL", "").strip() or None,
+            cos_secret_id=environ.get("CICB_COS_SECRET_ID") or None,
+            cos_secret_key=environ.get("CICB_COS_SECRET_KEY") or None,
+            ci_endpoint=environ.get("CICB_CI_ENDPOINT", "").strip() or None,
+            retry_max_attempts=number("RETRY_MAX_ATTEMPTS", DEFAULT_RETRY_MAX_ATTEMPTS),
+            retry_never_codes=(
+                _split(environ["CICB_RETRY_NEVER_CODES"])
+                if "CICB_RETRY_NEVER_CODES" in environ
+                else None
+            ),
             max_retries=number("MAX_RETRIES", DEFAULT_MAX_RETRIES),
             retry_backoff_s=number("RETRY_BACKOFF_S", DEFAULT_RETRY_BACKOFF_S),
             retry_backoff_max_s=number("RETRY_BACKOFF_MAX_S", DEFAULT_RETRY_BACKOFF_MAX_S),

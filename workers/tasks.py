@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.notify import TargetsPending
 from pipeline.notify import notify as notify_targets
-from pipeline.routing import Route, RouteTable, load_routes
+from pipeline.routing import Route, RouteTable, table_for
 from pipeline.signing import webhook_secret_bytes
 from pipeline.targets import Target
 from workers.app import app, settings
@@ -29,7 +29,7 @@ WEBHOOK_KEY = webhook_secret_bytes(settings.notify_secret) if settings.notify_se
 
 @functools.cache
 def route_table() -> RouteTable:
-    return load_routes(settings.routes_modules)
+    return table_for(settings)
 
 
 @functools.cache
