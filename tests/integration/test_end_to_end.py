@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from tests.support import (
     CICB,
@@ -22,6 +23,8 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 SAMPLES = sorted(SHARED_SAMPLES.iterdir())
 
@@ -223,3 +226,37 @@ def test_replay_of_a_failed_chain_step_runs_the_rest_of_the_chain(
     [event] = target.wait_for(1)  # the step ran, then the rest of its chain
     assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
     assert dead_letters(stack) == []
+
+
+def test_a_users_action_is_retried_with_backoff_then_its_chain_goes_on(
+    make_stack: object, target: Target, tmp_path: Path
+) -> None:
+    tries = tmp_path / "tries"
+    (tmp_path / "useractions.py").write_text(
+        "from pathlib import Path\n"
+        "from pipeline.errors import TransientError\n"
+        "from pipeline.routing import route\n"
+        "from workers.app import app\n"
+        "from workers.base import PipelineTask\n"
+        "@route(tag='Tts', after=['notify'])\n"
+        "@app.task(base=PipelineTask, name='useractions.index')\n"
+        "def index(event):\n"
+        f"    tries = Path({str(tries)!r})\n"
+        "    with tries.open('a') as f:\n"
+        "        f.write('x')\n"
+        "    if len(tries.read_text()) < 3:\n"
+        "        raise TransientError('index busy')\n"
+    )
+    stack = make_stack(  # type: ignore[operator]
+        CICB_NOTIFY_URLS=target.url,
+        CICB_NOTIFY_SECRET=WEBHOOK_SECRET,
+        CICB_ROUTES="useractions",
+        PYTHONPATH=str(tmp_path),
+    )
+    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+    [event] = target.wait_for(1, timeout_s=60)
+    assert tries.read_text() == "xxx"  # two transient failures, then success
+    assert dead_letters(stack) == []
+    [request] = target.received
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert Webhook(WEBHOOK_SECRET).verify(request["body"], headers) == event
