@@ -17,7 +17,7 @@ from pipeline.broker import Publisher, connection
 from pipeline.deadletter import DeadLetter, DeadLetterQueue
 from pipeline.errors import PipelineError
 from pipeline.events import Event
-from pipeline.parsing import parse
+from pipeline.parsing import FormatOption, parse
 from pipeline.routing import RouteTable, table_for
 from pipeline.settings import Settings, get_settings
 
@@ -41,9 +41,9 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _read_events(path: Path) -> list[Event]:
+def _read_events(path: Path, fmt: FormatOption = "auto") -> list[Event]:
     try:
-        return parse(path.read_bytes())
+        return parse(path.read_bytes(), fmt=fmt)
     except PipelineError as exc:
         _fail(f"{path}: {exc}")
 
@@ -154,9 +154,17 @@ def send(files: tuple[Path, ...], url: str | None, token: str | None, as_json: b
 
 @main.command("parse")
 @click.argument("file", type=click.Path(exists=True, path_type=Path))
-def parse_command(file: Path) -> None:
-    """Print the normalized event(s) of a callback body as JSON."""
-    _print_json(_one_or_many([e.to_dict() for e in _read_events(file)]))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "xml", "json"]),
+    default="auto",
+    show_default=True,
+    help="Read the body as this format (auto: decided by the body).",
+)
+def parse_command(file: Path, fmt: FormatOption) -> None:
+    """Print the normalized event(s) of a callback body as JSON (a list when several)."""
+    _print_json(_one_or_many([e.to_dict() for e in _read_events(file, fmt)]))
 
 
 def _table(settings: Settings) -> RouteTable:

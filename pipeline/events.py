@@ -13,63 +13,52 @@ from datetime import datetime
 from typing import Any, Final, TypeAlias
 
 from pipeline.errors import ParseError
+from pipeline.events_base import (
+    KIND_GENERIC,
+    KIND_JOB,
+    KIND_MODERATION,
+    KIND_WORKFLOW,
+    InputObject,
+    OutputObject,
+    SubFailure,
+    WorkflowRef,
+    digest,
+    dt,
+    input_from,
+    iso,
+)
+
+__all__ = [
+    "KIND_GENERIC",
+    "KIND_JOB",
+    "KIND_MODERATION",
+    "KIND_WORKFLOW",
+    "TASK_FINISH",
+    "WORKFLOW_FINISH",
+    "Event",
+    "GenericEvent",
+    "InputObject",
+    "JobEvent",
+    "ModerationEvent",
+    "OutputObject",
+    "SubFailure",
+    "WorkflowEvent",
+    "WorkflowRef",
+    "WorkflowTask",
+    "event_from_dict",
+]
 
 TASK_FINISH: Final = "TaskFinish"
 WORKFLOW_FINISH: Final = "WorkflowFinish"
 
 
 @dataclass(frozen=True, slots=True)
-class OutputObject:
-    """One object a job wrote to COS."""
-
-    bucket: str | None
-    region: str | None
-    key: str
-    md5: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bucket": self.bucket, "region": self.region, "key": self.key, "md5": self.md5}
-
-
-@dataclass(frozen=True, slots=True)
-class InputObject:
-    """The COS object a job or workflow ran on; ``cos_headers`` maps header name to value."""
-
-    bucket: str | None
-    region: str | None
-    key: str | None
-    cos_headers: Mapping[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "bucket": self.bucket,
-            "region": self.region,
-            "key": self.key,
-            "cos_headers": dict(self.cos_headers),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowRef:
-    """The workflow run a job belongs to; ``name`` is the workflow node's name."""
-
-    run_id: str | None
-    workflow_id: str | None
-    workflow_name: str | None
-    name: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "workflow_id": self.workflow_id,
-            "workflow_name": self.workflow_name,
-            "name": self.name,
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class WorkflowTask:
-    """One node of a finished workflow run."""
+    """One node of a finished workflow run.
+
+    ``outputs`` are the result objects the run reports for this node (``ResultInfo``); the
+    workflow callback names their keys only, so ``bucket``, ``region`` and ``md5`` are None.
+    """
 
     type: str | None
     state: str | None
@@ -79,6 +68,7 @@ class WorkflowTask:
     template_name: str | None
     created_at: datetime | None
     ended_at: datetime | None
+    outputs: tuple[OutputObject, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,8 +78,9 @@ class WorkflowTask:
             "name": self.name,
             "template_id": self.template_id,
             "template_name": self.template_name,
-            "created_at": _iso(self.created_at),
-            "ended_at": _iso(self.ended_at),
+            "created_at": iso(self.created_at),
+            "ended_at": iso(self.ended_at),
+            "outputs": [o.to_dict() for o in self.outputs],
         }
 
 
@@ -120,6 +111,11 @@ class JobEvent:
     template_name: str | None
     operation: Mapping[str, Any]
     sub_tag: str | None = None
+    sub_failures: tuple[SubFailure, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return KIND_JOB
 
     @property
     def dedup_key(self) -> str:
@@ -129,6 +125,7 @@ class JobEvent:
         """The snake_case, JSON-ready form (what ``cicb parse`` prints and ``notify`` sends)."""
         return {
             "event": self.event,
+            "kind": KIND_JOB,
             "job_id": self.job_id,
             "tag": self.tag,
             "sub_tag": self.sub_tag,
@@ -136,15 +133,16 @@ class JobEvent:
             "code": self.code,
             "message": self.message,
             "queue_id": self.queue_id,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "ended_at": _iso(self.ended_at),
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
             "input": self.input.to_dict() if self.input else None,
             "outputs": [o.to_dict() for o in self.outputs],
             "workflow": self.workflow.to_dict() if self.workflow else None,
             "user_data": self.user_data,
             "template_id": self.template_id,
             "template_name": self.template_name,
+            "sub_failures": [f.to_dict() for f in self.sub_failures],
             "operation": copy.deepcopy(dict(self.operation)),
         }
 
@@ -172,6 +170,10 @@ class WorkflowEvent:
         return None
 
     @property
+    def kind(self) -> str:
+        return KIND_WORKFLOW
+
+    @property
     def dedup_key(self) -> str:
         return f"{self.event}:{self.run_id}:{self.state}"
 
@@ -179,6 +181,7 @@ class WorkflowEvent:
         """The snake_case, JSON-ready form; ``tag`` and ``job_id`` are always null."""
         return {
             "event": self.event,
+            "kind": KIND_WORKFLOW,
             "run_id": self.run_id,
             "job_id": None,
             "workflow_id": self.workflow_id,
@@ -186,18 +189,132 @@ class WorkflowEvent:
             "tag": None,
             "state": self.state,
             "input": self.input.to_dict() if self.input else None,
-            "created_at": _iso(self.created_at),
+            "created_at": iso(self.created_at),
             "tasks": [t.to_dict() for t in self.tasks],
         }
 
 
-Event: TypeAlias = JobEvent | WorkflowEvent
+@dataclass(frozen=True, slots=True)
+class ModerationEvent:
+    """A content-moderation callback (``ReviewImage``, ``ReviewDocument``...) that reached
+    the same URL as the job callbacks.
+
+    ``result`` is Tencent's verdict as sent: ``"0"`` normal, ``"1"`` violating, ``"2"``
+    suspect (review by hand). ``state`` is the moderation job's State; a short ("Simple")
+    callback has none, so it is ``Success`` when its ``code`` is 0 and ``Failed`` otherwise.
+    ``raw`` is the whole callback, normalized.
+    """
+
+    event: str
+    job_id: str | None
+    state: str
+    code: str | None
+    message: str | None
+    result: str | None
+    label: str | None
+    url: str | None
+    input: InputObject | None
+    data_id: str | None
+    forbidden_state: str | None
+    raw: Mapping[str, Any]
+
+    @property
+    def tag(self) -> None:
+        return None
+
+    @property
+    def kind(self) -> str:
+        return KIND_MODERATION
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.event}:{self.job_id or digest(self.raw)}:{self.state}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "kind": KIND_MODERATION,
+            "job_id": self.job_id,
+            "tag": None,
+            "state": self.state,
+            "code": self.code,
+            "message": self.message,
+            "result": self.result,
+            "label": self.label,
+            "url": self.url,
+            "input": self.input.to_dict() if self.input else None,
+            "data_id": self.data_id,
+            "forbidden_state": self.forbidden_state,
+            "raw": copy.deepcopy(dict(self.raw)),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GenericEvent:
+    """A callback with an EventName cicb has no model for; routed by ``event`` alone.
+
+    ``job_id`` and ``state`` are the first job's (``JobsDetail.JobId``/``State``) or the
+    document's own, when it has them; ``state`` is ``""`` when it has none.
+    ``raw`` is the whole callback, normalized.
+    """
+
+    event: str
+    job_id: str | None
+    state: str
+    raw: Mapping[str, Any]
+
+    @property
+    def tag(self) -> None:
+        return None
+
+    @property
+    def kind(self) -> str:
+        return KIND_GENERIC
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.event}:{self.job_id or digest(self.raw)}:{self.state}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "kind": KIND_GENERIC,
+            "job_id": self.job_id,
+            "tag": None,
+            "state": self.state or None,
+            "raw": copy.deepcopy(dict(self.raw)),
+        }
+
+
+Event: TypeAlias = JobEvent | WorkflowEvent | ModerationEvent | GenericEvent
 
 
 def event_from_dict(d: Mapping[str, Any]) -> Event:
     """Rebuild the event that ``to_dict`` produced; raises ParseError on anything else."""
     kind = d.get("event")
     try:
+        if d.get("kind") == KIND_MODERATION:
+            return ModerationEvent(
+                event=d["event"],
+                job_id=d.get("job_id"),
+                state=d["state"],
+                code=d.get("code"),
+                message=d.get("message"),
+                result=d.get("result"),
+                label=d.get("label"),
+                url=d.get("url"),
+                input=input_from(d.get("input")),
+                data_id=d.get("data_id"),
+                forbidden_state=d.get("forbidden_state"),
+                raw=copy.deepcopy(dict(d.get("raw") or {})),
+            )
+        if d.get("kind") == KIND_GENERIC:
+            return GenericEvent(
+                event=d["event"],
+                job_id=d.get("job_id"),
+                state=d.get("state") or "",
+                raw=copy.deepcopy(dict(d.get("raw") or {})),
+            )
         if kind == WORKFLOW_FINISH:
             return WorkflowEvent(
                 event=kind,
@@ -205,8 +322,8 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
                 workflow_id=d.get("workflow_id"),
                 workflow_name=d.get("workflow_name"),
                 state=d["state"],
-                input=_input_from(d.get("input")),
-                created_at=_dt(d.get("created_at")),
+                input=input_from(d.get("input")),
+                created_at=dt(d.get("created_at")),
                 tasks=tuple(_task_from(t) for t in d.get("tasks", ())),
             )
         if kind == TASK_FINISH:
@@ -220,41 +337,24 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
                 code=d.get("code"),
                 message=d.get("message"),
                 queue_id=d.get("queue_id"),
-                created_at=_dt(d.get("created_at")),
-                started_at=_dt(d.get("started_at")),
-                ended_at=_dt(d.get("ended_at")),
-                input=_input_from(d.get("input")),
+                created_at=dt(d.get("created_at")),
+                started_at=dt(d.get("started_at")),
+                ended_at=dt(d.get("ended_at")),
+                input=input_from(d.get("input")),
                 outputs=tuple(OutputObject(**o) for o in d.get("outputs", ())),
                 workflow=WorkflowRef(**wf) if wf is not None else None,
                 user_data=d.get("user_data"),
                 template_id=d.get("template_id"),
                 template_name=d.get("template_name"),
                 operation=copy.deepcopy(dict(d.get("operation") or {})),
+                sub_failures=tuple(SubFailure(**f) for f in d.get("sub_failures", ())),
             )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ParseError(f"not a serialized {kind} event: {exc!r}") from exc
     raise ParseError(f"unknown event {kind!r}", path="event")
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value is not None else None
-
-
 def _task_from(t: Mapping[str, Any]) -> WorkflowTask:
-    times = {"created_at": _dt(t.get("created_at")), "ended_at": _dt(t.get("ended_at"))}
-    return WorkflowTask(**{**t, **times})
-
-
-def _input_from(value: Mapping[str, Any] | None) -> InputObject | None:
-    if value is None:
-        return None
-    return InputObject(
-        bucket=value.get("bucket"),
-        region=value.get("region"),
-        key=value.get("key"),
-        cos_headers=dict(value.get("cos_headers") or {}),
-    )
+    times = {"created_at": dt(t.get("created_at")), "ended_at": dt(t.get("ended_at"))}
+    outputs = tuple(OutputObject(**o) for o in t.get("outputs", ()))
+    return WorkflowTask(**{**t, **times, "outputs": outputs})

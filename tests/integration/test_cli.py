@@ -101,3 +101,24 @@ def test_cicb_worker_consumes_what_the_receiver_takes(
     finally:
         receiver.stop()
         worker.stop()
+
+
+def test_parse_format_option_forces_the_format(env: dict[str, str]) -> None:
+    sample = str(SHARED_SAMPLES / "tts_workflow.json")
+    as_json = run_cli("parse", "--format", "json", sample, env=env)
+    assert json.loads(as_json.stdout)["tag"] == "Tts"
+    forced = run_cli("parse", "--format", "xml", sample, env=env, check=False)
+    assert forced.returncode == 1 and "error:" in forced.stderr
+
+
+def test_parse_prints_a_list_for_several_jobs(env: dict[str, str], tmp_path: Path) -> None:
+    two = tmp_path / "two.json"
+    two.write_text(
+        '{"EventName": "TaskFinish", "JobsDetail": [{"JobId": "j1", "Tag": "Transcode", '
+        '"State": "Success"}, {"JobId": "j2", "Tag": "Snapshot", "State": "Failed"}]}'
+    )
+    events = json.loads(run_cli("parse", str(two), env=env).stdout)
+    assert [(e["job_id"], e["tag"], e["state"]) for e in events] == [
+        ("j1", "Transcode", "Success"),
+        ("j2", "Snapshot", "Failed"),
+    ]

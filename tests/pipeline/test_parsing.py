@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.errors import ParseError
 from pipeline.events import (
+    GenericEvent,
     InputObject,
     JobEvent,
     OutputObject,
@@ -332,7 +333,6 @@ BAD_BODIES = {
     "xml wrong root": b"<Foo><EventName>TaskFinish</EventName></Foo>",
     "xml empty root": b"<Response/>",
     "xml two roots": b"<Response/><Response/>",
-    "unknown event": b"<Response><EventName>Whatever</EventName></Response>",
     "no jobs detail": b"<Response><EventName>TaskFinish</EventName></Response>",
     "jobs detail string": b'{"EventName": "TaskFinish", "JobsDetail": "x"}',
     "event name object": b'{"EventName": {"a": "b"}, "JobsDetail": {}}',
@@ -387,6 +387,14 @@ def test_parse_error_names_the_path(body: str, path: str) -> None:
     with pytest.raises(ParseError) as info:
         parse(body.encode())
     assert info.value.path == path
+
+
+def test_unknown_event_name_is_a_generic_event_not_an_error() -> None:
+    (event,) = parse(b"<Response><EventName>Whatever</EventName></Response>")
+    assert isinstance(event, GenericEvent)
+    assert (event.event, event.tag, event.state, event.job_id) == ("Whatever", None, "", None)
+    assert event.raw == {"EventName": "Whatever"}
+    assert event_from_dict(json.loads(json.dumps(event.to_dict()))) == event
 
 
 def test_entity_is_refused_before_parsing() -> None:

@@ -1,0 +1,324 @@
+"""Format quirks, moderation and generic callbacks, hostile bodies, and property tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import ParseError
+from pipeline.events import GenericEvent, JobEvent, ModerationEvent, event_from_dict
+from pipeline.parsing import MAX_DEPTH, detect_format, format_of, parse
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+# -- quirks ------------------------------------------------------------------------------
+
+
+def test_detect_format_and_forced_format() -> None:
+    assert detect_format(b"\xef\xbb\xbf \n<Response/>") == "xml"
+    assert detect_format(b'  {"a": 1}') == "json"
+    assert format_of("application/xml; charset=utf-8") == "xml"
+    assert format_of("text/json") == "json"
+    assert format_of("text/plain") is None
+    body = sample("tts_success.xml")
+    assert parse(body, fmt="xml") == parse(body)
+    with pytest.raises(ParseError, match="not JSON"):
+        parse(body, fmt="json")
+
+
+def test_a_lying_content_type_is_overruled_by_the_body() -> None:
+    body = sample("transcode_success.json")
+    assert parse(body, content_type="application/xml") == parse(body)
+
+
+def test_xml_bom_declaration_whitespace_and_utf16() -> None:
+    xml = sample("snapshot_success.xml")
+    expected = parse(xml)
+    assert parse(b"\xef\xbb\xbf" + xml) == expected
+    assert parse(b"\n\t " + xml + b"\n") == expected
+    text = xml.decode()
+    assert parse(text.encode("utf-16")) == expected  # a UTF-16 BOM decides the encoding
+
+
+def test_xml_declared_gbk_encoding() -> None:
+    text = (
+        sample("tts_success.xml")
+        .decode()
+        .replace("Hello, nice to meet you.", "你好。很高兴认识你。")
+    )
+    gbk = text.replace('encoding="UTF-8"', 'encoding="GBK"').encode("gbk")
+    (event,) = parse(gbk)
+    assert isinstance(event, JobEvent)
+    assert event.operation["TtsConfig"]["Input"] == "你好。很高兴认识你。"
+    assert parse(gbk) == parse(text.encode())
+
+
+def test_json_quirks_give_the_same_event_as_the_tidy_form() -> None:
+    tidy = {
+        "EventName": "TaskFinish",
+        "JobsDetail": [
+            {
+                "JobId": "j1",
+                "Tag": "Snapshot",
+                "State": "Success",
+                "Message": "",
+                "Operation": {
+                    "JobLevel": "0",
+                    "MediaResult": {
+                        "OutputFile": [
+                            {
+                                "Bucket": "b-1",
+                                "ObjectName": ["a.jpg"],
+                                "Md5Info": [{"Md5": "m", "ObjectName": ["a.jpg"]}],
+                            }
+                        ]
+                    },
+                },
+            }
+        ],
+    }
+    quirky = json.loads(json.dumps(tidy))
+    job = quirky["JobsDetail"] = quirky["JobsDetail"][0]  # an object, not an array
+    del job["Message"]  # left out
+    job["Operation"]["JobLevel"] = 0  # a number
+    out = job["Operation"]["MediaResult"]["OutputFile"] = job["Operation"]["MediaResult"][
+        "OutputFile"
+    ][0]
+    out["ObjectName"] = "a.jpg"
+    out["Md5Info"] = {"Md5": "m", "ObjectName": "a.jpg"}  # a single Md5Info as an object
+    assert parse(json.dumps(quirky).encode()) == parse(json.dumps(tidy).encode())
+    (event,) = parse(json.dumps(quirky).encode())
+    assert [(o.key, o.md5) for o in event.outputs] == [("a.jpg", "m")]  # type: ignore[union-attr]
+
+
+def test_several_jobs_in_one_body_give_one_event_each_in_both_formats() -> None:
+    jobs = "".join(
+        f"<JobsDetail><JobId>j{i}</JobId><Tag>Transcode</Tag><State>Success</State></JobsDetail>"
+        for i in range(3)
+    )
+    events = parse(f"<Response><EventName>TaskFinish</EventName>{jobs}</Response>".encode())
+    assert [e.job_id for e in events] == ["j0", "j1", "j2"]
+    assert len({e.dedup_key for e in events}) == 3
+
+
+# -- moderation and other events -----------------------------------------------------------
+
+
+def test_moderation_simple_callback() -> None:
+    body = {
+        "code": 0,
+        "message": "Test request when setting callback url",
+        "data": {
+            "event": "ReviewImage",
+            "trace_id": "test_trace_id",
+            "url": "https://examplebucket-1250000000.cos.ap-chengdu.myqcloud.com/a/test.jpg",
+            "result": 1,
+            "forbidden_status": 0,
+            "porn_info": {"hit_flag": 1, "label": "", "score": 95},
+            "cos_headers": {"x-cos-meta-id": "42"},
+        },
+    }
+    (event,) = parse(json.dumps(body).encode())
+    assert isinstance(event, ModerationEvent)
+    assert (event.event, event.tag, event.state) == ("ReviewImage", None, "Success")
+    assert (event.job_id, event.result, event.message) == ("test_trace_id", "1", None)
+    assert event.input is not None
+    assert (event.input.bucket, event.input.region, event.input.key) == (
+        "examplebucket-1250000000",
+        "ap-chengdu",
+        "a/test.jpg",
+    )
+    assert event.input.cos_headers == {"x-cos-meta-id": "42"}
+    assert event_from_dict(json.loads(json.dumps(event.to_dict()))) == event
+    failed = {**body, "code": 4001, "message": "image download failed"}
+    (bad,) = parse(json.dumps(failed).encode())
+    assert isinstance(bad, ModerationEvent)
+    assert (bad.state, bad.code, bad.message) == ("Failed", "4001", "image download failed")
+
+
+def test_moderation_document_callback() -> None:
+    body = {
+        "EventName": "ReviewDocument",
+        "JobsDetail": {
+            "JobId": "st6666",
+            "State": "Success",
+            "CreationTime": "",
+            "Url": "",
+            "Object": "docs/a.pdf",
+            "Label": "Porn",
+            "Suggestion": 2,
+            "PageCount": 1,
+            "BucketId": "examplebucket-1250000000",
+            "Region": "ap-chongqing",
+            "ForbidState": 0,
+            "CosHeaders": {"x-cos-meta-id": "666666"},
+        },
+    }
+    (event,) = parse(json.dumps(body).encode())
+    assert isinstance(event, ModerationEvent)
+    assert (event.event, event.job_id, event.state) == ("ReviewDocument", "st6666", "Success")
+    assert (event.result, event.label, event.forbidden_state) == ("2", "Porn", "0")
+    assert event.input is not None and event.input.key == "docs/a.pdf"
+    assert event.input.cos_headers == {"x-cos-meta-id": "666666"}
+    assert event.dedup_key == "ReviewDocument:st6666:Success"
+
+
+def test_new_event_names_are_generic_events_with_their_state() -> None:
+    body = b'{"EventName": "TaskStart", "JobsDetail": {"JobId": "j9", "State": "Running"}}'
+    (event,) = parse(body)
+    assert isinstance(event, GenericEvent)
+    assert (event.event, event.job_id, event.state, event.tag) == (
+        "TaskStart",
+        "j9",
+        "Running",
+        None,
+    )
+    assert event.to_dict()["raw"]["JobsDetail"] == [{"JobId": "j9", "State": "Running"}]
+    assert event.dedup_key == "TaskStart:j9:Running"
+    (same,) = parse(b"<Response><EventName>Ping</EventName><At>1</At></Response>")
+    (again,) = parse(b'{"EventName": "Ping", "At": 1}')
+    assert same == again and same.dedup_key == again.dedup_key
+
+
+# -- hostile bodies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<Response>" * (MAX_DEPTH + 1),
+        b"<Response>"
+        + b"<a>" * (MAX_DEPTH + 1)
+        + b"x"
+        + b"</a>" * (MAX_DEPTH + 1)
+        + b"</Response>",
+        b'{"EventName": "X", "a": ' + b'{"a": ' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 2),
+        b"[" * 200 + b"]" * 200,
+    ],
+    ids=["xml unclosed", "xml deep", "json deep", "json deep list"],
+)
+def test_nesting_deeper_than_the_bound_is_refused(body: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://example.com/x.dtd"><Response/>',
+        b"<Response><EventName>&x;</EventName></Response>",
+        b'<?xml version="1.0" encoding="rot13"?><Response/>',
+        b'<?xml version="1.0" encoding="nope"?><Response/>',
+        b"<Response><EventName>TaskFinish</EventName><JobsDetail>"
+        b"<JobId>j</JobId><Tag>T</Tag><State>Success</State><Workflow>x</Workflow>"
+        b"</JobsDetail></Response>",
+    ],
+    ids=["external dtd", "undefined entity", "not a text encoding", "unknown encoding", "type"],
+)
+def test_other_bad_xml_is_a_parse_error(body: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse(body)
+
+
+FIVE_MIB = 5 * 1024 * 1024
+HOSTILE = {
+    "xml deep": b"<Response>" + b"<a>" * (FIVE_MIB // 3),
+    "xml wide": b"<Response>" + b"<a>x</a>" * (FIVE_MIB // 8) + b"</Response>",
+    "xml long text": b"<Response><EventName>" + b"x" * FIVE_MIB + b"</EventName></Response>",
+    "json deep": b"[" * FIVE_MIB,
+    "json wide": b"[" + b"{}," * (FIVE_MIB // 3) + b"{}]",
+    "json long string": b'{"EventName": "' + b"y" * FIVE_MIB + b'"}',
+    "json many keys": b"{" + b",".join(b'"k%d": 1' % i for i in range(400_000)) + b"}",
+    "xml many attributes": b"<Response "
+    + b" ".join(b'a%d="1"' % i for i in range(400_000))
+    + b"/>",
+    "json long list": b'{"EventName": "X", "a": [' + b"1," * (FIVE_MIB // 2) + b"1]}",
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_5_mib_body_takes_bounded_time_and_memory(body: bytes) -> None:
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        parse(body)
+    except ParseError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert time.monotonic() - started < 5.0  # a sanity bound, not a benchmark
+    assert peak < 48 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+# -- properties ----------------------------------------------------------------------------
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=20)
+_NAMES = st.from_regex(r"[A-Z][A-Za-z0-9]{0,11}", fullmatch=True).filter(
+    lambda n: n not in {"ObjectName", "Md5Info", "CosHeaders", "JobsDetail", "Tasks"}
+)
+_LEAF = st.one_of(_TEXT, st.integers(-(10**6), 10**6))
+_TREE = st.recursive(
+    _LEAF, lambda kids: st.dictionaries(_NAMES, kids, min_size=1, max_size=4), max_leaves=12
+)
+
+
+@st.composite
+def job_details(draw: st.DrawFn) -> dict[str, Any]:
+    names = draw(st.lists(st.from_regex(r"[a-z0-9/]{1,12}\.mp4", fullmatch=True), max_size=4))
+    result: dict[str, Any] = {"Bucket": draw(_TEXT), "Region": "ap-chongqing"}
+    if names:
+        result["ObjectName"] = names[0] if len(names) == 1 else names
+        md5 = [{"Md5": draw(_TEXT), "ObjectName": n} for n in names]
+        result["Md5Info"] = md5[0] if len(md5) == 1 else md5
+    operation = {"MediaResult": {"OutputFile": result}, "Extra": draw(_TREE)}
+    return {
+        "JobId": draw(st.from_regex(r"j[0-9a-f]{8}", fullmatch=True)),
+        "Tag": draw(_NAMES),
+        "State": draw(st.sampled_from(["Success", "Failed", "Running", "Cancel"])),
+        "Code": draw(_TEXT),
+        "Message": draw(_TEXT),
+        "Operation": operation,
+    }
+
+
+def _xml(name: str, value: Any) -> str:
+    if isinstance(value, list):
+        return "".join(_xml(name, v) for v in value)
+    if isinstance(value, dict):
+        return f"<{name}>" + "".join(_xml(k, v) for k, v in value.items()) + f"</{name}>"
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"<{name}>{text}</{name}>"
+
+
+@settings(max_examples=200, deadline=None)
+@given(job_details())
+def test_a_job_rendered_as_xml_and_as_json_gives_equal_events(job: dict[str, Any]) -> None:
+    doc = {"EventName": "TaskFinish", "JobsDetail": job}
+    from_json = parse(json.dumps(doc, ensure_ascii=False).encode())
+    from_xml = parse(_xml("Response", doc).encode())
+    assert from_xml == from_json
+    assert [e.to_dict() for e in from_xml] == [e.to_dict() for e in from_json]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_arbitrary_bytes_give_events_or_a_parse_error(body: bytes) -> None:
+    for candidate in (body, b"<Response>" + body + b"</Response>", b'{"EventName":' + body):
+        try:
+            events = parse(candidate)
+        except ParseError:
+            continue
+        assert all(isinstance(e.to_dict(), dict) for e in events)
