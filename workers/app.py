@@ -17,7 +17,7 @@ from pipeline.settings import get_settings
 
 settings = get_settings()
 
-app = Celery("cicb", include=["workers.tasks", *settings.routes_modules])
+app = Celery("cicb", include=["workers.tasks", "workers.actions", *settings.routes_modules])
 app.conf.update(
     broker_url=settings.broker_url,
     broker_transport_options=transport_options(settings),

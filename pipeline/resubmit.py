@@ -1,0 +1,371 @@
+"""The ``retry_job`` action: resubmit a Failed CI job through the official SDK.
+
+The request is rebuilt from the callback (``build_job_request``), the attempt count travels
+with the job through Redis (``AttemptStore``: the resubmitted job's own callback knows it is
+attempt 2), ``decide`` says whether to try again, and ``resubmit`` calls CI's submit-job API
+(``POST /jobs`` on ``<bucket>.ci.<region>.myqcloud.com``) with ``ci_create_media_jobs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+from urllib.parse import urlsplit
+
+import redis
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_comm import format_bucket
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
+
+from pipeline.errors import ConfigError, PermanentError, TransientError
+
+DEFAULT_MAX_ATTEMPTS: Final = 2
+DEFAULT_ATTEMPT_TTL_S: Final = 7 * 24 * 3600
+DEFAULT_TIMEOUT_S: Final = 30
+# The SDK retries 5xx and network errors itself, sleeping in the worker; creating a job is
+# not idempotent (a lost answer plus a blind retry makes two jobs), so retries are Celery's.
+DEFAULT_SDK_RETRIES: Final = 0
+
+# Failures a second run of the same request cannot fix: the input object or the request is
+# wrong. CI's input errors first; then CI/COS request errors; then the input errors of
+# Tencent's media processing family. A code also matches its dotted sub-codes (``InvalidInput``
+# covers ``InvalidInput.DefinitionNotExist``). CICB_RETRY_NEVER_CODES replaces the set.
+DEFAULT_NEVER_RETRY_CODES: Final = frozenset(
+    {"InputFileNotExist", "InputFormatError", "InvalidParameter"}
+    | {"InvalidArgument", "MalformedXML", "NoSuchKey", "NoSuchBucket"}
+    | {"InvalidInput", "SourceFileError"}
+)
+
+# Operation nodes that are the job's results, never its parameters; so is any node whose
+# name ends in "Result" (PicProcessResult, SpeechRecognitionResult, VideoTagResult...).
+RESULT_NODES: Final = frozenset({"MediaInfo", "MediaResult", "TemplateName"})
+# A sub-operation that carries a State is a step CI ran and reported on (DigitalWatermark
+# with State Failed): these fields, and its Message, are its report, not its parameters.
+STEP_REPORT_FIELDS: Final = frozenset({"State", "Code", "ErrCode", "ErrMsg", "ErrorMessage"})
+# ...but a DigitalWatermark's Message is the text to embed: a parameter, kept.
+MESSAGE_IS_PARAMETER: Final = frozenset({"DigitalWatermark"})
+# ExtractDigitalWatermark's Message is the watermark it found, with or without a State.
+MESSAGE_IS_RESULT: Final = frozenset({"ExtractDigitalWatermark"})
+CALLBACK_KEYS: Final = ("CallBack", "CallBackFormat", "CallBackType", "CallBackMqConfig")
+
+# Statuses and codes that mean "busy now", not "refused".
+_RETRYABLE_STATUSES: Final = frozenset({408, 429})
+_THROTTLING_CODES: Final = frozenset({"SlowDown", "RequestTimeout", "RequestLimitExceeded"})
+_KEY_PREFIX: Final = "cicb:attempts:"
+_RESUBMITTED_PREFIX: Final = "cicb:resubmitted:"
+
+Outcome = Literal["resubmit", "not_failed", "never_retry", "exhausted"]
+
+
+class NotResubmittable(PermanentError):
+    """The event cannot be turned into a submit-job request (no job, no input object)."""
+
+    def __init__(self, job_id: str | None, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id}: {reason}")
+
+
+class GaveUp(PermanentError):
+    """A Failed job is not resubmitted again: dead-letter and notify its final failure."""
+
+    def __init__(self, job_id: str, *, attempts: int, code: str | None, reason: str) -> None:
+        self.job_id = job_id
+        self.attempts = attempts
+        self.code = code
+        self.reason = reason
+        super().__init__(f"job {job_id}: gave up after {attempts} attempt(s): {reason}")
+
+
+class ResubmitRejected(PermanentError):
+    """CI refused the request (a 4xx), or accepted it with an answer naming no job."""
+
+    def __init__(self, status: int, code: str | None, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"CI answered HTTP {status} {code}: {message[:300]}")
+
+
+class ResubmitFailed(TransientError):
+    """CI or the network failed for now (5xx, throttling, timeout, connection refused)."""
+
+    def __init__(self, reason: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.reason = reason
+        self.status = status
+        self.code = code
+        super().__init__(reason)
+
+
+class AttemptStoreUnavailable(TransientError):
+    """Redis did not answer; the attempt count is unknown, so nothing is submitted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a job callback. ``attempt`` is the run the callback reports (1: the
+    original job); ``next_attempt`` is set only when the outcome is ``resubmit``."""
+
+    outcome: Outcome
+    job_id: str
+    attempt: int
+    code: str | None
+    reason: str
+    next_attempt: int | None = None
+
+    @property
+    def resubmit(self) -> bool:
+        return self.outcome == "resubmit"
+
+    @property
+    def gave_up(self) -> bool:
+        """A Failed job that stays failed (never-retry code or attempts used up)."""
+        return self.outcome in ("never_retry", "exhausted")
+
+    def error(self) -> GaveUp:
+        return GaveUp(self.job_id, attempts=self.attempt, code=self.code, reason=self.reason)
+
+
+class AttemptStore:
+    """Attempt numbers of jobs this action submitted, in Redis: ``cicb:attempts:<job_id>``.
+
+    A job cicb never resubmitted is attempt 1. ``cicb:resubmitted:<job_id>`` remembers the
+    job that replaced a failed one, so a duplicate callback or a task retry after the submit
+    returns that job instead of creating another.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    @classmethod
+    def from_url(cls, url: str) -> AttemptStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=5))
+
+    def attempt_of(self, job_id: str) -> int:
+        value = self._get(_KEY_PREFIX + job_id)
+        return int(value) if value is not None else 1
+
+    def resubmitted_as(self, job_id: str) -> str | None:
+        value = self._get(_RESUBMITTED_PREFIX + job_id)
+        return value.decode() if value is not None else None
+
+    def record(
+        self, new_job_id: str, attempt: int, ttl_s: int, *, resubmitted_from: str | None = None
+    ) -> None:
+        """Remember that ``new_job_id`` is run number ``attempt``, for ``ttl_s`` seconds."""
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(_KEY_PREFIX + new_job_id, attempt, ex=ttl_s)
+                if resubmitted_from is not None:
+                    pipe.set(_RESUBMITTED_PREFIX + resubmitted_from, new_job_id, ex=ttl_s)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise AttemptStoreUnavailable(f"recording attempt of {new_job_id}: {exc}") from exc
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return cast(bytes | None, self._client.get(key))
+        except redis.RedisError as exc:
+            raise AttemptStoreUnavailable(f"reading {key}: {exc}") from exc
+
+
+def build_job_request(
+    event: Mapping[str, Any], *, callback: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``Jobs`` dict of ``ci_create_media_jobs`` that runs the callback's job again.
+
+    Tag, ``Input.Object`` (the input key), the Operation minus its results (``RESULT_NODES``
+    and the reports of the steps CI ran, see ``STEP_REPORT_FIELDS``), QueueId, and the callback
+    settings: ``callback`` (raw CI names, ``CALLBACK_KEYS``) over the event's own
+    ``callback`` mapping when the parser kept one. A workflow's job is resubmitted as a
+    standalone job: the workflow's later nodes do not run again. Raises NotResubmittable.
+    """
+    job_id = event.get("job_id")
+    tag = event.get("tag")
+    if not job_id or not tag:
+        raise NotResubmittable(job_id, "not a job callback (no JobId or Tag)")
+    key = (event.get("input") or {}).get("key")
+    if not key:
+        raise NotResubmittable(job_id, "the callback names no input object")
+    request: dict[str, Any] = {"Tag": tag, "Input": {"Object": key}}
+    request["Operation"] = _operation(event.get("operation") or {})
+    if event.get("queue_id"):
+        request["QueueId"] = event["queue_id"]
+    settings = {**(event.get("callback") or {}), **(callback or {})}
+    request.update({k: copy.deepcopy(settings[k]) for k in CALLBACK_KEYS if settings.get(k)})
+    return request
+
+
+def _operation(operation: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in operation.items():
+        if name in RESULT_NODES or name.endswith("Result"):
+            continue
+        if isinstance(value, list):
+            out[name] = [_parameters(name, v) if isinstance(v, Mapping) else v for v in value]
+        else:
+            out[name] = _parameters(name, value) if isinstance(value, Mapping) else value
+    return copy.deepcopy(out)
+
+
+def _parameters(name: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """A sub-operation without the fields CI filled in when it ran."""
+    drop: set[str] = set()
+    if "State" in node:
+        drop |= STEP_REPORT_FIELDS
+        if name not in MESSAGE_IS_PARAMETER:
+            drop.add("Message")  # the step's own message, like the job's
+    if name in MESSAGE_IS_RESULT:
+        drop.add("Message")
+    return {k: v for k, v in node.items() if k not in drop}
+
+
+def decide(
+    event: Mapping[str, Any],
+    *,
+    attempts: AttemptStore,
+    max_attempts: int,
+    never_codes: frozenset[str],
+) -> Decision:
+    """Resubmit a Failed job (with the next attempt number) or say why not.
+
+    Not Failed: nothing to do. A code in ``never_codes`` (or a dotted sub-code of one), or
+    ``max_attempts`` runs already made: give up. Reads the attempt count from ``attempts``.
+    """
+    if max_attempts < 1:
+        raise ConfigError(f"CICB_RETRY_MAX_ATTEMPTS must be at least 1, got {max_attempts}")
+    job_id = event.get("job_id")
+    if not job_id or not event.get("tag"):
+        raise NotResubmittable(job_id, f"not a job callback: {event.get('event')!r}")
+    state, code = event.get("state"), event.get("code")
+    attempt = attempts.attempt_of(job_id)
+
+    def decision(outcome: Outcome, reason: str, next_attempt: int | None = None) -> Decision:
+        return Decision(outcome, job_id, attempt, code, reason, next_attempt)
+
+    if state != "Failed":
+        return decision("not_failed", f"state is {state}, not Failed")
+    if code is not None and _matches(code, never_codes):
+        return decision("never_retry", f"code {code} is never retried: {event.get('message')}")
+    if attempt >= max_attempts:
+        return decision("exhausted", f"{attempt} of {max_attempts} attempt(s) used: {code}")
+    return decision("resubmit", f"attempt {attempt} failed: {code}", attempt + 1)
+
+
+def _matches(code: str, codes: frozenset[str]) -> bool:
+    return code in codes or any(code.startswith(c + ".") for c in codes)
+
+
+def resubmit(
+    event: Mapping[str, Any],
+    *,
+    client: CosS3Client,
+    attempts: AttemptStore,
+    attempt: int,
+    callback: Mapping[str, Any] | None = None,
+    ttl_s: int = DEFAULT_ATTEMPT_TTL_S,
+) -> str:
+    """Submit the event's job again as run number ``attempt``; return the new job's id.
+
+    ``client`` must be for the input bucket's region (``cos_client``). If this job was
+    already resubmitted (a duplicate callback, a retry of this task), returns that job's id
+    and submits nothing. Raises ResubmitFailed (retry), ResubmitRejected or
+    NotResubmittable (dead letter), AttemptStoreUnavailable (retry).
+    """
+    jobs = build_job_request(event, callback=callback)
+    old_job_id: str = event["job_id"]
+    previous = attempts.resubmitted_as(old_job_id)
+    if previous is not None:
+        return previous
+    bucket = (event.get("input") or {}).get("bucket")
+    try:
+        format_bucket(bucket, None)
+    except CosClientError as exc:
+        raise NotResubmittable(old_job_id, f"bad input bucket {bucket!r}: {exc}") from exc
+    try:
+        answer = client.ci_create_media_jobs(
+            Bucket=bucket, Jobs=jobs, Lst={}, ContentType="application/xml"
+        )
+    except CosServiceError as exc:
+        raise _service_error(exc) from exc
+    except CosClientError as exc:
+        raise ResubmitFailed(f"CI not reached: {exc}") from exc
+    except SyntaxError as exc:  # ET.ParseError, or the SDK's eval of the parsed answer
+        # CI took the request but its answer is unreadable: the job may exist, and a blind
+        # retry could run it twice. Leave it to a person.
+        raise ResubmitRejected(200, None, f"unreadable answer: {exc}") from exc
+    new_job_id = _job_id_of(answer)
+    attempts.record(new_job_id, attempt, ttl_s, resubmitted_from=old_job_id)
+    return new_job_id
+
+
+def _service_error(exc: CosServiceError) -> ResubmitFailed | ResubmitRejected:
+    status = int(exc.get_status_code())
+    code, message = _error_fields(exc)
+    if status >= 500 or status in _RETRYABLE_STATUSES or code in _THROTTLING_CODES:
+        return ResubmitFailed(f"CI answered HTTP {status} {code}", status=status, code=code)
+    return ResubmitRejected(status, code, message)
+
+
+def _error_fields(exc: CosServiceError) -> tuple[str | None, str]:
+    """Code and Message of CI's ``<Error>`` body. The SDK's own digest needs a
+    ``Resource`` node that CI's errors do not have, so the raw body is read here."""
+    digest = exc.get_digest_msg()
+    if isinstance(digest, Mapping) and digest.get("code"):
+        return str(digest["code"]), str(digest.get("message") or "")
+    raw = exc.get_origin_msg()
+    try:
+        root = ET.fromstring(raw) if isinstance(raw, str | bytes) and raw else None
+    except ET.ParseError:
+        root = None
+    if root is None:
+        return None, str(raw or "")[:1000]
+    return root.findtext("Code"), root.findtext("Message") or ""
+
+
+def _job_id_of(answer: Any) -> str:
+    details = answer.get("JobsDetail") if isinstance(answer, Mapping) else None
+    first = details[0] if isinstance(details, list) and details else None
+    job_id = first.get("JobId") if isinstance(first, Mapping) else None
+    if not isinstance(job_id, str) or not job_id:
+        raise ResubmitRejected(200, None, f"no JobsDetail.JobId in the answer: {answer!r:.300}")
+    return job_id
+
+
+def cos_client(
+    *,
+    secret_id: str,
+    secret_key: str,
+    region: str,
+    endpoint: str | None = None,
+    scheme: str = "https",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    sdk_retries: int = DEFAULT_SDK_RETRIES,
+) -> CosS3Client:
+    """An SDK client for CI in ``region``.
+
+    With ``endpoint`` (``host:port``) every request goes to that host instead, through the
+    SDK's ``IP``/``Port`` settings; the Host header (which the request is signed with) stays
+    the real CI one, ``<bucket>.ci.<region>.myqcloud.com``, as a proxy or a test server
+    expects. A client built this way serves CI calls only.
+    """
+    options: dict[str, Any] = {}
+    if endpoint is not None:
+        parts = urlsplit(f"//{endpoint}")
+        if not parts.hostname:
+            raise ConfigError(f"CICB_CI_ENDPOINT must be a URL with a host, got {endpoint!r}")
+        # With IP set the SDK sends Host: <bucket>.<Endpoint>; make that CI's host name.
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        options = {"IP": host, "Port": parts.port, "Endpoint": f"ci.{region}.myqcloud.com"}
+    config = CosConfig(
+        Region=region,
+        SecretId=secret_id,
+        SecretKey=secret_key,
+        Scheme=scheme,
+        Timeout=timeout_s,
+        **options,
+    )
+    return CosS3Client(config, retry=sdk_retries)
