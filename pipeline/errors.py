@@ -7,9 +7,24 @@ retried with backoff until the retry budget is used up, then dead-lettered.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PipelineError(Exception):
     """Root of every error cicb raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Celery pickles a failing task's exception and, if that does not round-trip,
+        # hands on_failure a base class instead. Rebuild from args and attributes, whatever
+        # the subclass's __init__ takes, so the dead letter names the real error.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[PipelineError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class PermanentError(PipelineError):
