@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ DEFAULT_RETRY_BACKOFF_MAX_S = 600
 DEFAULT_VISIBILITY_TIMEOUT_S = 7200
 DEFAULT_PREFETCH_MULTIPLIER = 8
 DEFAULT_RETRY_MAX_ATTEMPTS = 2
+DEFAULT_BODY_TIMEOUT_S = 10.0
+DEFAULT_DEDUP_TTL_S = 7 * 24 * 3600
+DEFAULT_MAX_DELIVERIES = 3
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -41,8 +45,14 @@ class Settings:
     receiver_host: str = "127.0.0.1"
     receiver_port: int = DEFAULT_RECEIVER_PORT
     receiver_token: str | None = field(default=None, repr=False)
+    receiver_tokens: tuple[str, ...] = field(default=(), repr=False)
     receiver_url: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    allowed_cidrs: tuple[str, ...] = ()
+    proxy_header: str | None = None
+    dedup_ttl_s: int = DEFAULT_DEDUP_TTL_S
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     notify_urls: tuple[str, ...] = ()
     notify_timeout_s: float = DEFAULT_NOTIFY_TIMEOUT_S
     notify_secret: str | None = field(default=None, repr=False)
@@ -74,6 +84,13 @@ class Settings:
                 "CICB_VISIBILITY_TIMEOUT_S must be greater than CICB_RETRY_BACKOFF_MAX_S "
                 f"({self.visibility_timeout_s} <= {self.retry_backoff_max_s})"
             )
+        for cidr in self.allowed_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"CICB_ALLOWED_CIDRS: {cidr!r} is not a network") from exc
+        if self.max_deliveries < 1:
+            raise ConfigError("CICB_MAX_DELIVERIES must be at least 1")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"CICB_LOG_FORMAT must be auto, json or console: {self.log_format}")
 
@@ -92,6 +109,13 @@ class Settings:
         if self.receiver_url:
             return self.receiver_url
         return f"http://{self.receiver_host}:{self.receiver_port}/callbacks"
+
+    def accepted_tokens(self) -> tuple[str, ...]:
+        """Every token the receiver accepts: ``CICB_RECEIVER_TOKEN`` (or the one ``cicb up``
+        kept) and ``CICB_RECEIVER_TOKENS``, so a new token can be added before the old one
+        is removed from Tencent's callback URL."""
+        primary = self.effective_token()
+        return tuple(dict.fromkeys(t for t in (primary, *self.receiver_tokens) if t))
 
     def effective_token(self) -> str | None:
         """The receiver's token: ``CICB_RECEIVER_TOKEN``, else the one ``cicb up`` kept."""
@@ -135,8 +159,14 @@ class Settings:
             receiver_host=text("RECEIVER_HOST", "127.0.0.1"),
             receiver_port=number("RECEIVER_PORT", DEFAULT_RECEIVER_PORT),
             receiver_token=environ.get("CICB_RECEIVER_TOKEN") or None,
+            receiver_tokens=_split(environ.get("CICB_RECEIVER_TOKENS", "")),
             receiver_url=environ.get("CICB_RECEIVER_URL") or None,
             max_body_bytes=number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            body_timeout_s=seconds("BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
+            allowed_cidrs=_split(environ.get("CICB_ALLOWED_CIDRS", "")),
+            proxy_header=environ.get("CICB_PROXY_HEADER", "").strip() or None,
+            dedup_ttl_s=number("DEDUP_TTL_S", DEFAULT_DEDUP_TTL_S),
+            max_deliveries=number("MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES),
             notify_urls=_split(environ.get("CICB_NOTIFY_URLS", "")),
             notify_timeout_s=seconds("NOTIFY_TIMEOUT_S", DEFAULT_NOTIFY_TIMEOUT_S),
             notify_secret=environ.get("CICB_NOTIFY_SECRET") or None,
