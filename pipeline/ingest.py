@@ -1,4 +1,4 @@
-"""What the ``cicb.ingest`` task does with one envelope: parse, route, dispatch."""
+"""What the ``cicb.ingest`` task does with one envelope: parse, deduplicate, route, dispatch."""
 
 from __future__ import annotations
 
@@ -7,22 +7,33 @@ from typing import Any
 
 from pipeline import logs
 from pipeline.envelope import Envelope
+from pipeline.guard import Guard
 from pipeline.parsing import parse
 from pipeline.routing import Route, RouteTable
 
 UNROUTED = "unrouted"
 DISPATCHED = "dispatched"
+DUPLICATE = "duplicate"
 
 log = logs.get_logger("cicb.ingest")
 
 Dispatch = Callable[[Route, dict[str, Any]], None]
 
 
-def ingest(envelope_data: Any, *, table: RouteTable, dispatch: Dispatch) -> list[dict[str, Any]]:
+def ingest(
+    envelope_data: Any,
+    *,
+    table: RouteTable,
+    dispatch: Dispatch,
+    guard: Guard | None = None,
+    owner: str = "",
+) -> list[dict[str, Any]]:
     """Parse the envelope's body and start each event's route; return one outcome per event.
 
-    Raises ``ParseError`` (or another ``PermanentError``) for a body that is not a
-    callback, and whatever ``dispatch`` raises (``TransientError`` when the broker fails).
+    With a ``guard``, an event whose deduplication key is already taken is skipped as a
+    duplicate, and ``owner`` (the task id) holds the key while its route starts. Raises
+    ``ParseError`` (or another ``PermanentError``) for a body that is not a callback, and
+    whatever ``dispatch`` raises (``TransientError`` when the broker fails).
     """
     envelope = Envelope.from_json(envelope_data)
     logs.bind(request_id=envelope.request_id)
@@ -31,19 +42,28 @@ def ingest(envelope_data: Any, *, table: RouteTable, dispatch: Dispatch) -> list
         data = event.to_dict()
         logs.bind_event(data)
         route = table.resolve(event)
-        if route is not None:
-            dispatch(route, data)
-        outcome = {
-            "route": route.name if route else None,
-            "outcome": DISPATCHED if route else UNROUTED,
-        }
-        log.info("callback", **outcome)
+        key = event.dedup_key
+        if guard is not None and not guard.claim(key, owner=owner):
+            outcome = DUPLICATE
+        else:
+            try:
+                if route is not None:
+                    dispatch(route, data)
+            except BaseException:
+                if guard is not None:
+                    guard.release(key, owner=owner)
+                raise
+            if guard is not None:
+                guard.confirm(key)
+            outcome = DISPATCHED if route else UNROUTED
+        result = {"route": route.name if route else None, "outcome": outcome}
+        log.info("callback", dedup_key=key, **result)
         outcomes.append(
             {
                 "event": data["event"],
                 "job_id": data.get("job_id"),
                 "run_id": data.get("run_id"),
-                **outcome,
+                **result,
             }
         )
     return outcomes

@@ -18,11 +18,32 @@ from pipeline.counters import Counters
 from pipeline.deadletter import DeadLetter, DeadLetterQueue
 from pipeline.envelope import Envelope
 from pipeline.errors import PermanentError, TransientError
+from pipeline.guard import Guard
 from pipeline.settings import get_settings
 
 settings = get_settings()
 log = logs.get_logger("cicb.task")
 counters = Counters(settings.redis_url)
+guard = (
+    Guard.from_url(
+        settings.redis_url,
+        dedup_ttl_s=settings.dedup_ttl_s,
+        max_deliveries=settings.max_deliveries,
+    )
+    if settings.redis_url
+    else None
+)
+
+
+class RedeliveryLimit(PermanentError):
+    """A message was delivered again and again without finishing: it kills its worker."""
+
+    def __init__(self, deliveries: int) -> None:
+        self.deliveries = deliveries
+        super().__init__(
+            f"delivered {deliveries} times without finishing (its worker died each time); "
+            f"CICB_MAX_DELIVERIES is {settings.max_deliveries}"
+        )
 
 
 class PipelineTask(Task):  # type: ignore[misc]
@@ -34,8 +55,23 @@ class PipelineTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         logs.clear()
-        logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)
-        return super().__call__(*args, **kwargs)
+        task_id = self.request.id
+        logs.bind(task=self.name, task_id=task_id, attempt=self.request.retries + 1)
+        if guard is None or task_id is None:  # no Redis, or called directly
+            return super().__call__(*args, **kwargs)
+        try:
+            if guard.completed(task_id):
+                # Its worker died after the work and before the ack: do not do it twice.
+                log.warning("task.already_completed")
+                return None
+            deliveries = guard.delivery(task_id, self.request.retries)
+        except TransientError as exc:
+            self.retry_later(exc)
+        if deliveries > guard.max_deliveries:
+            raise RedeliveryLimit(deliveries)
+        result = super().__call__(*args, **kwargs)
+        guard.complete(task_id)
+        return result
 
     def retry_later(
         self, exc: TransientError, *, at_least_s: float | None = None, **kwargs: Any

@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.routing import Route, RouteTable, table_for
 from workers.app import app, settings
-from workers.base import PipelineTask, counters
+from workers.base import PipelineTask, counters, guard
 
 log = logs.get_logger("cicb.tasks")
 
@@ -33,10 +33,12 @@ def dispatch(route: Route, event: dict[str, Any]) -> None:
     chain(*steps).apply_async()
 
 
-@app.task(base=PipelineTask, name=INGEST_TASK)
-def ingest(envelope: dict[str, Any]) -> list[dict[str, Any]]:
+@app.task(base=PipelineTask, bind=True, name=INGEST_TASK)
+def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]:
     """Parse one callback and start its route. The envelope is ``pipeline.envelope``'s JSON."""
-    outcomes = ingest_envelope(envelope, table=route_table(), dispatch=dispatch)
+    outcomes = ingest_envelope(
+        envelope, table=route_table(), dispatch=dispatch, guard=guard, owner=self.request.id
+    )
     for outcome in outcomes:
         counters.add(outcome["outcome"])
     return outcomes

@@ -1,0 +1,109 @@
+"""Nothing twice, nothing looping: the promises workers keep with Redis.
+
+- **One route run per callback.** Before a callback's route starts, its deduplication key
+  (``TaskFinish:<JobId>:<State>``, ``WorkflowFinish:<RunId>:<State>``) is claimed with an
+  atomic ``SET NX``; a second delivery finds it and is skipped. The claim lasts
+  ``DEFAULT_CLAIM_TTL_S`` while the route is being started and ``CICB_DEDUP_TTL_S`` once it
+  has; a failure releases it, so a callback whose processing failed never blocks a later
+  delivery of it.
+- **One completion per task message.** A task that finished records it under its task id;
+  the same message delivered again (its worker died before the ack) is not run again.
+- **A bound on redeliveries.** Each delivery of a message is counted; a message delivered
+  more than ``CICB_MAX_DELIVERIES`` times without finishing (it kills its worker) is
+  dead-lettered instead of looping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, cast
+
+import redis
+
+from pipeline.errors import TransientError
+
+DEFAULT_CLAIM_TTL_S = 600
+PREFIX = "cicb:"
+CLAIMED, DONE = "claimed:", "done"
+
+# Release a claim only if this task still holds it.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class GuardUnavailable(TransientError):
+    """Redis did not answer; the task is retried, never run unguarded."""
+
+
+class Guard:
+    """Deduplication claims, completion records and delivery counts in one Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        dedup_ttl_s: int,
+        max_deliveries: int,
+        claim_ttl_s: int = DEFAULT_CLAIM_TTL_S,
+    ) -> None:
+        self._redis = client
+        self._dedup_ttl_s = dedup_ttl_s
+        self._claim_ttl_s = claim_ttl_s
+        self.max_deliveries = max_deliveries
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Guard:
+        return cls(redis.Redis.from_url(url, socket_timeout=5), **options)
+
+    def claim(self, key: str, *, owner: str) -> bool:
+        """Take the callback ``key`` for ``owner`` (a task id); False if it is taken or done.
+
+        The owner's own earlier claim (its message delivered again) counts as taken by it.
+        """
+        value = CLAIMED + owner
+        name = PREFIX + "dedup:" + key
+        try:
+            if self._redis.set(name, value, nx=True, ex=self._claim_ttl_s):
+                return True
+            return cast(bytes | None, self._redis.get(name)) == value.encode()
+        except redis.RedisError as exc:
+            raise GuardUnavailable(f"cannot claim {key}: {exc}") from exc
+
+    def confirm(self, key: str) -> None:
+        """The callback's route has started: keep the key for the retention window."""
+        try:
+            self._redis.set(PREFIX + "dedup:" + key, DONE, ex=self._dedup_ttl_s)
+        except redis.RedisError as exc:
+            raise GuardUnavailable(f"cannot confirm {key}: {exc}") from exc
+
+    def release(self, key: str, *, owner: str) -> None:
+        """Give the claim back after a failure, so a later delivery can run the route."""
+        # If Redis is away, the claim expires by itself after DEFAULT_CLAIM_TTL_S.
+        with contextlib.suppress(redis.RedisError):
+            self._release(keys=[PREFIX + "dedup:" + key], args=[CLAIMED + owner])
+
+    def completed(self, task_id: str) -> bool:
+        try:
+            return bool(self._redis.exists(PREFIX + "done:" + task_id))
+        except redis.RedisError as exc:
+            raise GuardUnavailable(f"cannot read completion of {task_id}: {exc}") from exc
+
+    def complete(self, task_id: str) -> None:
+        # If Redis is away, at worst a redelivery of this finished message runs it again.
+        with contextlib.suppress(redis.RedisError):
+            self._redis.set(PREFIX + "done:" + task_id, 1, ex=self._dedup_ttl_s)
+
+    def delivery(self, task_id: str, attempt: int) -> int:
+        """Count one more delivery of this message (``attempt``: the task's retry number)."""
+        name = f"{PREFIX}deliveries:{task_id}:{attempt}"
+        try:
+            pipe = self._redis.pipeline()
+            pipe.incr(name)
+            pipe.expire(name, self._dedup_ttl_s)
+            count, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise GuardUnavailable(f"cannot count deliveries of {task_id}: {exc}") from exc
+        return int(count)
