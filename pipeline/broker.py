@@ -65,7 +65,10 @@ class Publisher:
             broker_connection_retry_on_startup=True,
             task_serializer="json",
             task_queues=[queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
-            task_send_sent_event=True,
+            # No task-sent events from the receiver: publishing one retries without a bound
+            # while the broker is down, which would hang a request instead of answering 503.
+            # Flower still sees each callback from the worker's received/started events.
+            task_send_sent_event=False,
             # A receiver must answer 503 quickly when the broker is down, not hang.
             task_publish_retry_policy={
                 "max_retries": 2,
