@@ -87,11 +87,16 @@ def up() -> None:
 @click.option("--workers", default=1, show_default=True, help="Receiver processes.")
 def receiver(workers: int) -> None:
     """Run the receiver (uvicorn) on CICB_RECEIVER_HOST:CICB_RECEIVER_PORT."""
+    import signal
+
     import uvicorn
 
     settings = _settings()
     if not settings.effective_token():
         _fail("set CICB_RECEIVER_TOKEN (or run cicb up, which makes one)", code=2)
+    # uvicorn stops gracefully on SIGTERM (no new connections, requests under way finish),
+    # then raises the signal again with the handler it found: exit 0 then, a clean stop.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
         "pipeline.receiver:create_app",
         factory=True,
@@ -99,7 +104,11 @@ def receiver(workers: int) -> None:
         port=settings.receiver_port,
         workers=workers,
         log_config=None,
+        # The token may be in the query string: no access log, which would write it down.
         access_log=False,
+        # The client address is the socket peer unless CICB_PROXY_HEADER says otherwise;
+        # uvicorn's own proxy-header handling would trust X-Forwarded-For from localhost.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
 

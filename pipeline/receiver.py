@@ -1,12 +1,14 @@
 """The receiver: a thin ASGI app that takes callbacks and puts them on the broker.
 
-It checks the token and the size, wraps the raw body in an envelope, publishes it on
+It checks the source address (``CICB_ALLOWED_CIDRS``), the token, the size and the time the
+body takes to arrive, wraps the raw body in an envelope, publishes it on
 ``ingest``, and answers 200 only once the broker has it. It parses nothing.
 """
 
 from __future__ import annotations
 
-import hmac
+import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -23,6 +25,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import logs
+from pipeline.access import (
+    AddressFilter,
+    LogThrottle,
+    ThrottleFilter,
+    TokenCheck,
+    client_address,
+    secret_redactor,
+)
 from pipeline.broker import Publisher
 from pipeline.counters import Counters
 from pipeline.envelope import Envelope
@@ -65,6 +75,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+# A request id the client gives is kept only if it is short and plain (it is logged).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 async def _read_body(request: Request, limit_bytes: int) -> bytes:
     """Read at most ``limit_bytes``, counting what arrives, not what Content-Length says."""
     declared = request.headers.get("content-length", "")
@@ -80,12 +94,32 @@ async def _read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _answer(http_status: int, request_id: str, fields: dict[str, str]) -> JSONResponse:
+def _answer(
+    http_status: int, request_id: str, fields: dict[str, str], *, close: bool = False
+) -> JSONResponse:
+    headers = {REQUEST_ID_HEADER: request_id}
+    if close:
+        # The body may be unread (refused before reading) or half read (too slow, too big):
+        # drop the connection rather than read the rest of it.
+        headers["Connection"] = "close"
     return JSONResponse(
-        {"request_id": request_id, **fields},
-        status_code=http_status,
-        headers={REQUEST_ID_HEADER: request_id},
+        {"request_id": request_id, **fields}, status_code=http_status, headers=headers
     )
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+# uvicorn logs one warning per malformed request; anyone can send those at will.
+_UVICORN_INVALID_REQUEST = "Invalid HTTP request received."
+
+
+def _throttle_uvicorn_warnings() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ThrottleFilter) for f in logger.filters):
+        logger.addFilter(ThrottleFilter(_UVICORN_INVALID_REQUEST))
 
 
 def create_app(
@@ -94,12 +128,16 @@ def create_app(
     """Build the receiver. Raises ``ConfigError`` when no token is configured."""
     settings = settings or get_settings()
     logs.configure(settings)
-    token = settings.effective_token()
-    if not token:
+    tokens = settings.accepted_tokens()
+    if not tokens:
         raise ConfigError(
             "the receiver needs a token: set CICB_RECEIVER_TOKEN (cicb up makes one for you)"
         )
-    expected = token.encode()
+    token_ok = TokenCheck(tokens)
+    sources = AddressFilter(settings.allowed_cidrs)
+    refusals = LogThrottle()
+    _throttle_uvicorn_warnings()
+    redact = secret_redactor(settings)
     enqueuer = enqueuer_factory(settings)
 
     registry = CollectorRegistry()
@@ -115,41 +153,70 @@ def create_app(
         registry=registry,
     )
 
-    def authorized(request: Request) -> bool:
-        given = request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
-        return hmac.compare_digest(given.encode(), expected)
+    def given_token(request: Request) -> str:
+        return request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
+
+    def log_refusal(status: int, reason: str, remote: str | None, request_id: str) -> None:
+        # Never the token, the query string or the header: a near miss of the real token
+        # is as good as the token. Throttled, so bad requests cannot flood the logs.
+        admission = refusals.admit()
+        if admission.suppressed:
+            log.warning("callback.refusals_suppressed", count=admission.suppressed)
+        if admission.log:
+            log.warning(
+                "callback.refused",
+                status=status,
+                reason=reason,
+                remote_addr=remote,
+                request_id=request_id,
+            )
+
+    async def receive(request: Request, request_id: str, remote: str | None) -> JSONResponse:
+        if not sources.allows(remote):
+            log_refusal(403, "source address not allowed", remote, request_id)
+            return _answer(403, request_id, {"error": "source address not allowed"}, close=True)
+        if not token_ok(given_token(request)):
+            log_refusal(401, "missing or wrong token", remote, request_id)
+            return _answer(401, request_id, {"error": "missing or wrong token"}, close=True)
+        try:
+            # A client sending a byte a second holds a connection, never more than the
+            # limit's worth of memory, and only for body_timeout_s.
+            with anyio.fail_after(settings.body_timeout_s):
+                body = await _read_body(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            error = f"body over {settings.max_body_bytes} bytes"
+            return _answer(413, request_id, {"error": error}, close=True)
+        except TimeoutError:
+            error = f"body not received within {settings.body_timeout_s:g} s"
+            return _answer(408, request_id, {"error": error}, close=True)
+        if not body:
+            return _answer(400, request_id, {"error": "empty body"})
+        # Content type and encoding are not checked here: the raw bytes go to the worker,
+        # which parses them or dead-letters them with the reason.
+        envelope = Envelope.received_now(
+            body,
+            content_type=request.headers.get("content-type"),
+            remote_addr=remote,
+            request_id=request_id,
+        )
+        try:
+            with enqueue_seconds.time():
+                await anyio.to_thread.run_sync(enqueuer.ingest, envelope.to_json())
+        except BrokerUnavailable as exc:
+            log.error("callback.not_enqueued", request_id=request_id, error=redact(str(exc)))
+            return _answer(503, request_id, {"error": "broker unavailable, send again"})
+        return _answer(200, request_id, {"status": "accepted"})
 
     async def callbacks(request: Request) -> Response:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        remote = request.client.host if request.client else None
-        status, fields = 200, {"status": "accepted"}
-        if not authorized(request):
-            # The token given is never logged: it may be a near miss of the real one.
-            log.warning("callback.unauthorized", remote_addr=remote, request_id=request_id)
-            status, fields = 401, {"error": "missing or wrong token"}
-        else:
-            try:
-                body = await _read_body(request, settings.max_body_bytes)
-            except BodyTooLarge:
-                body, status = b"", 413
-                fields = {"error": f"body over {settings.max_body_bytes} bytes"}
-            if status == 200 and not body:
-                status, fields = 400, {"error": "empty body"}
-            if status == 200:
-                envelope = Envelope.received_now(
-                    body,
-                    content_type=request.headers.get("content-type"),
-                    remote_addr=remote,
-                    request_id=request_id,
-                )
-                try:
-                    with enqueue_seconds.time():
-                        await anyio.to_thread.run_sync(enqueuer.ingest, envelope.to_json())
-                except BrokerUnavailable as exc:
-                    log.error("callback.not_enqueued", request_id=request_id, error=str(exc))
-                    status, fields = 503, {"error": "broker unavailable, send again"}
-        responses.labels(str(status)).inc()
-        return _answer(status, request_id, fields)
+        request_id = _request_id(request)
+        peer = request.client.host if request.client else None
+        header_values = (
+            request.headers.getlist(settings.proxy_header) if settings.proxy_header else []
+        )
+        remote = client_address(peer, header_values, proxy_header=settings.proxy_header)
+        response = await receive(request, request_id, remote)
+        responses.labels(str(response.status_code)).inc()
+        return response
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -158,7 +225,8 @@ def create_app(
         try:
             await anyio.to_thread.run_sync(enqueuer.ping)
         except BrokerUnavailable as exc:
-            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+            error = redact(str(exc))
+            return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     registry.register(_OutcomeCollector(Counters(settings.redis_url)))

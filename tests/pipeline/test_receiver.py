@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from pipeline.access import AddressFilter, parse_address
 from pipeline.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ConfigError
 from pipeline.receiver import create_app
@@ -265,3 +270,339 @@ def test_metrics_count_responses_by_status(call: Call) -> None:
 def test_callbacks_only_take_post(call: Call, fake: FakeEnqueuer) -> None:
     assert call("GET", f"/callbacks?token={TOKEN}").status_code == 405
     assert fake.envelopes == []
+
+
+# -- who may post: tokens, networks, the proxy header --------------------------------------
+
+
+def make_app(tmp_path: Path, fake: FakeEnqueuer, **options: Any) -> Starlette:
+    settings = Settings(
+        **{"receiver_token": TOKEN, "max_body_bytes": LIMIT, "data_dir": tmp_path, **options}
+    )
+    return create_app(settings, enqueuer_factory=lambda s: fake)
+
+
+async def send(
+    app: Starlette, *requests: dict[str, Any], client: tuple[str, int] = ("198.51.100.9", 4242)
+) -> list[httpx.Response]:
+    """Make the requests at once, on one app, from one client address."""
+    transport = httpx.ASGITransport(app=app, client=client)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        calls = [
+            http.request(r.get("method", "POST"), r.get("url", "/callbacks"), **r.get("kw", {}))
+            for r in requests
+        ]
+        return list(await asyncio.gather(*calls))
+
+
+def callback(body: Any = BODY, token: str = TOKEN, **headers: str) -> dict[str, Any]:
+    return {"kw": {"content": body, "headers": {"X-Callback-Token": token, **headers}}}
+
+
+def test_every_accepted_token_is_taken_during_a_rotation(
+    tmp_path: Path, fake: FakeEnqueuer
+) -> None:
+    app = make_app(tmp_path, fake, receiver_token="old", receiver_tokens=("new", "newer"))
+    answers = asyncio.run(
+        send(app, callback(token="old"), callback(token="new"), callback(token="newer"))
+    )
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    [bad] = asyncio.run(send(app, callback(token=TOKEN)))
+    assert bad.status_code == 401
+    assert len(fake.envelopes) == 3
+
+
+def test_an_address_outside_the_networks_is_403_before_anything_is_read(
+    tmp_path: Path, fake: FakeEnqueuer
+) -> None:
+    app = make_app(tmp_path, fake, allowed_cidrs=("10.0.0.0/8", "2001:db8::/32"))
+    pulled: list[bytes] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in (b"<Response>", b"</Response>"):
+            pulled.append(part)
+            yield part
+
+    [refused] = asyncio.run(send(app, callback(body()), client=("198.51.100.9", 4242)))
+    assert refused.status_code == 403
+    assert refused.headers["Connection"] == "close"
+    assert len(pulled) <= 1  # httpx hands over the first chunk with the request; no more
+    [no_token] = asyncio.run(send(app, callback(token="wrong"), client=("198.51.100.9", 1)))
+    assert no_token.status_code == 403  # the network is checked before the token
+    [inside] = asyncio.run(send(app, callback(), client=("10.1.2.3", 4242)))
+    [inside6] = asyncio.run(send(app, callback(), client=("2001:db8::5", 4242)))
+    assert (inside.status_code, inside6.status_code) == (200, 200)
+    assert [Envelope.from_json(e).remote_addr for e in fake.envelopes] == [
+        "10.1.2.3",
+        "2001:db8::5",
+    ]
+
+
+def test_a_forwarded_header_is_ignored_unless_configured(
+    tmp_path: Path, fake: FakeEnqueuer
+) -> None:
+    app = make_app(tmp_path, fake, allowed_cidrs=("10.0.0.0/8",))
+    [forged] = asyncio.run(send(app, callback(**{"X-Forwarded-For": "10.1.2.3"})))
+    assert forged.status_code == 403
+    assert fake.envelopes == []
+
+
+def test_the_proxy_header_gives_the_address_the_proxy_appended(
+    tmp_path: Path, fake: FakeEnqueuer
+) -> None:
+    app = make_app(
+        tmp_path, fake, allowed_cidrs=("203.0.113.0/24",), proxy_header="X-Forwarded-For"
+    )
+    proxy = ("127.0.0.1", 5000)
+    answers = asyncio.run(
+        send(
+            app,
+            callback(**{"X-Forwarded-For": "203.0.113.7"}),
+            # A client put an allowed address first; the proxy appended the real one.
+            callback(**{"X-Forwarded-For": "203.0.113.7, 198.51.100.66"}),
+            # No header, or garbage: the peer (the proxy itself, not allowed) decides.
+            callback(),
+            callback(**{"X-Forwarded-For": "unknown"}),
+            client=proxy,
+        )
+    )
+    assert [r.status_code for r in answers] == [200, 403, 403, 403]
+    [envelope] = fake.envelopes
+    assert Envelope.from_json(envelope).remote_addr == "203.0.113.7"
+
+
+def test_x_real_ip_as_the_proxy_header(tmp_path: Path, fake: FakeEnqueuer) -> None:
+    app = make_app(tmp_path, fake, proxy_header="X-Real-IP")
+    [answer] = asyncio.run(send(app, callback(**{"X-Real-IP": "2001:db8::9"})))
+    assert answer.status_code == 200
+    assert Envelope.from_json(fake.envelopes[0]).remote_addr == "2001:db8::9"
+
+
+# -- what is logged -------------------------------------------------------------------------
+
+
+class Lines(logging.Handler):
+    """The structlog event dicts the receiver logs, and their text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(dict(record.msg) if isinstance(record.msg, dict) else {})
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event]
+
+
+@pytest.fixture
+def lines() -> Iterator[Lines]:
+    handler = Lines()
+    logger = logging.getLogger("cicb.receiver")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def test_a_refusal_is_logged_with_address_and_id_never_the_token(
+    tmp_path: Path, fake: FakeEnqueuer, lines: Lines
+) -> None:
+    app = make_app(tmp_path, fake, receiver_tokens=("second-secret",))
+    near_miss = TOKEN[:-1] + "X"
+    asyncio.run(
+        send(
+            app,
+            callback(token=near_miss, **{"X-Request-Id": "req-1"}),
+            {"url": f"/callbacks?token={near_miss}x&other=1", "kw": {"content": BODY}},
+        )
+    )
+    refused = lines.named("callback.refused")
+    assert len(refused) == 2
+    assert {e["status"] for e in refused} == {401}
+    assert {e["remote_addr"] for e in refused} == {"198.51.100.9"}
+    assert "req-1" in {e["request_id"] for e in refused}
+    text = repr(lines.events)
+    for secret in (TOKEN, near_miss, "second-secret", "other=1"):
+        assert secret not in text
+
+
+def test_refusals_are_logged_at_most_ten_a_minute(
+    tmp_path: Path, fake: FakeEnqueuer, lines: Lines
+) -> None:
+    app = make_app(tmp_path, fake, allowed_cidrs=("10.0.0.0/8",))
+    asyncio.run(send(app, *[callback(token="wrong") for _ in range(50)]))
+    assert len(lines.named("callback.refused")) == 10
+    assert lines.named("callback.refusals_suppressed") == []  # said at the next window
+    assert fake.envelopes == []
+
+
+def test_a_broker_error_is_logged_and_answered_without_secrets(
+    tmp_path: Path, fake: FakeEnqueuer, lines: Lines
+) -> None:
+    app = make_app(tmp_path, fake, broker_url="redis://:hunter2@127.0.0.1:1/0")
+    fake.ingest_error = BrokerUnavailable("cannot reach redis://:hunter2@127.0.0.1:1/0")
+    fake.ping_error = fake.ingest_error
+    [answer, ready] = asyncio.run(send(app, callback(), {"method": "GET", "url": "/readyz"}))
+    assert (answer.status_code, ready.status_code) == (503, 503)
+    assert "hunter2" not in ready.text
+    [logged] = lines.named("callback.not_enqueued")
+    assert "hunter2" not in repr(logged)
+    assert "***" in logged["error"]
+
+
+def test_an_odd_request_id_is_replaced(tmp_path: Path, fake: FakeEnqueuer) -> None:
+    app = make_app(tmp_path, fake)
+    answers = asyncio.run(
+        send(
+            app,
+            callback(**{"X-Request-Id": "x" * 129}),
+            callback(**{"X-Request-Id": "a b\\nforged=1"}),
+            callback(**{"X-Request-Id": "ok-id_1.2:3"}),
+        )
+    )
+    ids = [r.headers["X-Request-Id"] for r in answers]
+    assert ids[0] != "x" * 129
+    assert ids[1] != "a b\\nforged=1"
+    assert ids[2] == "ok-id_1.2:3"
+
+
+# -- hostile bodies -------------------------------------------------------------------------
+
+
+def test_a_slow_body_is_408_while_a_good_callback_flows(tmp_path: Path, fake: FakeEnqueuer) -> None:
+    app = make_app(tmp_path, fake, body_timeout_s=0.3)
+
+    async def a_byte_at_a_time() -> AsyncIterator[bytes]:
+        for byte in b"<Response></Response>":
+            await asyncio.sleep(0.1)
+            yield bytes([byte])
+
+    async def go() -> tuple[httpx.Response, httpx.Response, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def good() -> tuple[httpx.Response, float]:
+            [answer] = await send(app, callback())
+            return answer, loop.time() - started
+
+        (slow,), (fast, fast_s) = await asyncio.gather(
+            send(app, callback(a_byte_at_a_time())), good()
+        )
+        return slow, fast, fast_s
+
+    slow, fast, fast_s = asyncio.run(go())
+    assert slow.status_code == 408
+    assert "0.3" in slow.json()["error"]
+    assert slow.headers["Connection"] == "close"
+    assert fast.status_code == 200
+    assert fast_s < 0.3
+    [envelope] = fake.envelopes
+    assert Envelope.from_json(envelope).body == BODY
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (None, BODY),
+        ("text/html", BODY),
+        ("application/json", BODY),
+        ("multipart/form-data; boundary=zzz", BODY),
+        ("application/xml", b"<Response>\xff\xfe\xc3\x28 invalid utf-8</Response>"),
+        ("application/xml; charset=utf-8", b"\xef\xbb\xbf" + BODY),
+        ("\x7f\x01nonsense", b"\x00\x01\x02 garbage"),
+    ],
+)
+def test_content_types_and_encodings_are_not_the_receivers_business(
+    tmp_path: Path, fake: FakeEnqueuer, content_type: str | None, body: bytes
+) -> None:
+    app = make_app(tmp_path, fake)
+    headers = {"Content-Type": content_type} if content_type is not None else {}
+    [answer] = asyncio.run(send(app, callback(body, **headers)))
+    assert answer.status_code == 200
+    [data] = fake.envelopes
+    envelope = Envelope.from_json(data)
+    assert envelope.body == body
+    if content_type is not None:
+        assert envelope.content_type == content_type
+
+
+# -- a fuzz run -----------------------------------------------------------------------------
+
+
+def test_a_fuzz_run_of_random_requests(tmp_path: Path, fake: FakeEnqueuer) -> None:
+    """Random bodies, chunkings, tokens, content types, forwarded addresses and request ids,
+    for ``CICB_RECEIVER_FUZZ_SECONDS`` (default 2): each answer is the one expected, never a
+    5xx, and each 200 enqueued its body byte for byte. The seed is printed for a replay."""
+    budget_s = float(os.environ.get("CICB_RECEIVER_FUZZ_SECONDS", "2"))
+    seed = int(os.environ.get("CICB_FUZZ_SEED", str(random.randrange(2**32))))
+    print(f"receiver fuzz seed {seed}")
+    rng = random.Random(seed)
+    app = make_app(
+        tmp_path,
+        fake,
+        receiver_tokens=("second",),
+        allowed_cidrs=("198.51.100.0/24", "2001:db8::/32"),
+        proxy_header="X-Forwarded-For",
+    )
+    printable = [chr(c) for c in range(0x20, 0x7F)] + ["é", "令", "\t"]
+
+    def header_text(n: int) -> str:
+        return "".join(rng.choice(printable) for _ in range(n)).strip()
+
+    def address() -> str:
+        return rng.choice(
+            ["198.51.100.7", "203.0.113.1", "2001:db8::3", "::1", "junk", header_text(12)]
+        )
+
+    async def go() -> int:
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.1", 1))
+        count = 0
+        deadline = time.monotonic() + budget_s
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            while time.monotonic() < deadline:
+                count += 1
+                body = rng.randbytes(
+                    rng.choice([0, 1, 17, LIMIT, LIMIT + 1, rng.randrange(2 * LIMIT)])
+                )
+                token = rng.choice([TOKEN, "second", "", TOKEN + "x", header_text(8)])
+                forwarded = ", ".join(address() for _ in range(rng.randrange(3)))
+                headers = {"X-Callback-Token": token, "Content-Type": header_text(20)}
+                if forwarded:
+                    headers["X-Forwarded-For"] = forwarded
+                if rng.random() < 0.3:
+                    headers["X-Request-Id"] = header_text(rng.randrange(200))
+                cuts = sorted(rng.randrange(len(body) + 1) for _ in range(rng.randrange(4)))
+
+                async def chunks(data: bytes = body, at: list[int] = cuts) -> AsyncIterator[bytes]:
+                    for start, end in zip([0, *at], [*at, len(data)], strict=True):
+                        yield data[start:end]
+
+                before = len(fake.envelopes)
+                raw = {k.encode(): v.encode() for k, v in headers.items()}
+                answer = await http.post("/callbacks", content=chunks(), headers=raw)
+                # What the app sees: the header's bytes as Latin-1, as ASGI servers give them.
+                wire = forwarded.encode().decode("latin-1")
+                last = wire.split(",")[-1] if wire else ""
+                remote = parse_address(last) or "192.0.2.1"
+                if not AddressFilter(("198.51.100.0/24", "2001:db8::/32")).allows(remote):
+                    expected = 403
+                elif token not in (TOKEN, "second"):
+                    expected = 401
+                elif len(body) > LIMIT:
+                    expected = 413
+                elif not body:
+                    expected = 400
+                else:
+                    expected = 200
+                assert answer.status_code == expected, (seed, headers, len(body))
+                if expected == 200:
+                    envelope = Envelope.from_json(fake.envelopes[-1])
+                    assert envelope.body == body
+                    assert envelope.remote_addr == remote
+                else:
+                    assert len(fake.envelopes) == before
+        return count
+
+    count = asyncio.run(go())
+    print(f"receiver fuzz: {count} requests in {budget_s:g} s")
+    assert count > 50
