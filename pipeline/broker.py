@@ -37,6 +37,11 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     """
     return {
         "visibility_timeout": settings.visibility_timeout_s,
+        # Sweep for messages held by a dead worker every 10 s (kombu's default is about
+        # every 100 s), and do not let a worker that died mid-sweep block sweeps for long.
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 60,
         "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
         "socket_keepalive": True,
     }

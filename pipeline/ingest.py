@@ -17,7 +17,8 @@ DUPLICATE = "duplicate"
 
 log = logs.get_logger("cicb.ingest")
 
-Dispatch = Callable[[Route, dict[str, Any]], None]
+# Starts a route's chain for an event; the key lets it name the chain's tasks after it.
+Dispatch = Callable[[Route, dict[str, Any], str], None]
 
 
 def ingest(
@@ -48,7 +49,7 @@ def ingest(
         else:
             try:
                 if route is not None:
-                    dispatch(route, data)
+                    dispatch(route, data, key)
             except BaseException:
                 if guard is not None:
                     guard.release(key, owner=owner)

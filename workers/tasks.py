@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any
 
 from celery import chain
@@ -17,19 +18,34 @@ from workers.base import PipelineTask, counters, guard
 
 log = logs.get_logger("cicb.tasks")
 
+TASK_ID_NAMESPACE = uuid.UUID("0b7a6c1e-4f1d-5c2a-9e57-1c1b0f6d2a11")
+
 
 @functools.cache
 def route_table() -> RouteTable:
     return table_for(settings)
 
 
-def dispatch(route: Route, event: dict[str, Any]) -> None:
-    """Start the route's chain on ``actions``; every task gets the event, not the last result."""
+def dispatch(route: Route, event: dict[str, Any], key: str) -> None:
+    """Start the route's chain on ``actions``; every task gets the event, not the last result.
+
+    Each step's task id is derived from the callback's deduplication key, so if this
+    dispatch happens twice (its worker died before recording it), the second copy of a step
+    that already ran finds its completion record and does nothing.
+    """
     unknown = [name for name in route.chain if name not in app.tasks]
     if unknown:
         # A message for a task no worker knows is discarded by Celery: refuse to send it.
         raise ConfigError(f"route {route.name!r} names unregistered task(s): {unknown}")
-    steps = [app.signature(name, args=(event,), immutable=True) for name in route.chain]
+    steps = [
+        app.signature(
+            name,
+            args=(event,),
+            immutable=True,
+            task_id=str(uuid.uuid5(TASK_ID_NAMESPACE, f"{key}|{route.name}|{i}|{name}")),
+        )
+        for i, name in enumerate(route.chain)
+    ]
     chain(*steps).apply_async()
 
 

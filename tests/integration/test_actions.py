@@ -87,10 +87,11 @@ def test_success_is_notified_then_its_output_copied(
         what="the copied object",
     )
     assert copied == MEDIA
-    # The same callback again copies nothing twice and fails nothing.
+    # The same callback again is a duplicate: its route does not run twice.
     assert actions_stack.post(body).status_code == 200
-    wait_until(lambda: actions_stack.worker.log().count('"outputs_copied"') == 2, what="re-run")
-    assert '"already copied"' in actions_stack.worker.log()
+    wait_until(lambda: '"outcome": "duplicate"' in actions_stack.worker.log(), what="duplicate")
+    assert actions_stack.worker.log().count('"outputs_copied"') == 1
+    assert len(target.received) == 1
     assert dead_letters(actions_stack) == []
 
 
