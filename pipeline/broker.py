@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from pipeline.errors import BrokerUnavailable
+from pipeline.inflight import Inflight, track_publishes
 from pipeline.settings import Settings
 
 INGEST_QUEUE = "ingest"
@@ -82,6 +83,9 @@ class Publisher:
                 "interval_max": 0.5,
             },
         )
+        if settings.redis_url:
+            # Keep each message until its task finishes (see pipeline.inflight).
+            track_publishes(Inflight.from_url(settings.redis_url, lost_after_s=0))
 
     def send(
         self,

@@ -13,7 +13,9 @@ from celery.signals import setup_logging
 
 from pipeline import logs
 from pipeline.broker import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, queue, transport_options
+from pipeline.inflight import Inflight, track_publishes
 from pipeline.settings import get_settings
+from workers.sweeper import SWEEP_GRACE_S, Sweeper, forget_finished
 
 settings = get_settings()
 
@@ -42,6 +44,21 @@ app.conf.update(
     worker_hijack_root_logger=False,
     timezone="UTC",
 )
+
+
+# Every task message is kept until its task finishes, so one lost by the Redis transport
+# (taken by a worker that died before recording it) is published again.
+inflight = (
+    Inflight.from_url(
+        settings.redis_url, lost_after_s=settings.visibility_timeout_s + SWEEP_GRACE_S
+    )
+    if settings.redis_url
+    else None
+)
+if inflight is not None:
+    track_publishes(inflight)
+    forget_finished(inflight)
+    app.steps["worker"].add(Sweeper)
 
 
 @setup_logging.connect

@@ -1,0 +1,84 @@
+"""The worker's part in keeping every message: forget finished tasks, republish lost ones.
+
+``Sweeper`` is a worker bootstep: every ``SWEEP_INTERVAL_S`` one worker (a Redis lock
+decides which) publishes again the messages ``pipeline.inflight`` has kept for longer than
+the visibility timeout plus a grace period.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import bootsteps
+from celery.signals import task_failure, task_success
+
+from pipeline import logs
+from pipeline.inflight import Inflight
+
+SWEEP_INTERVAL_S = 10.0
+SWEEP_GRACE_S = 20.0  # after kombu's own sweep (every 10 s) has had its chance
+
+log = logs.get_logger("cicb.sweeper")
+
+
+def forget_finished(inflight: Inflight) -> None:
+    """A task that succeeded, or failed for good (and was dead-lettered), is no longer kept."""
+
+    def forget(sender: Any = None, **_: Any) -> None:
+        task_id = getattr(getattr(sender, "request", None), "id", None)
+        if task_id:
+            try:
+                inflight.forget(task_id)
+            except redis.RedisError as exc:
+                # Kept: the sweep publishes it again later, and its completion record
+                # makes that copy a no-op.
+                log.warning("inflight.not_forgotten", task_id=task_id, error=str(exc))
+
+    task_success.connect(forget, weak=False)
+    task_failure.connect(forget, weak=False)
+
+
+class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
+    requires = frozenset({"celery.worker.components:Timer"})
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref: Any = None
+
+    def start(self, worker: Any) -> None:
+        from workers.app import inflight
+
+        if inflight is not None:
+            self.tref = worker.timer.call_repeatedly(
+                SWEEP_INTERVAL_S, self.sweep, (worker, inflight), priority=10
+            )
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+    def sweep(self, worker: Any, inflight: Inflight) -> None:
+        def republish(
+            body: Any,
+            exchange: str,
+            routing_key: str,
+            headers: dict[str, Any],
+            properties: dict[str, Any],
+        ) -> None:
+            with worker.app.producer_pool.acquire(block=True) as producer:
+                producer.publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    headers=headers,
+                    serializer="json",
+                    delivery_mode="persistent",
+                    retry=True,
+                    **properties,
+                )
+
+        try:
+            inflight.sweep(republish)
+        except Exception as exc:  # a failed sweep is tried again at the next interval
+            log.warning("inflight.sweep_failed", error=repr(exc))
