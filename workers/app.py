@@ -6,10 +6,11 @@ letters are written and consumed by nobody: ``cicb dlq`` reads it.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init
 
 from pipeline import logs
 from pipeline.broker import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, queue, transport_options
@@ -59,6 +60,14 @@ if inflight is not None:
     track_publishes(inflight)
     forget_finished(inflight)
     app.steps["worker"].add(Sweeper)
+
+
+@worker_process_init.connect
+def _leave_stopping_to_the_main_process(**_: Any) -> None:
+    # honcho, docker-compose and systemd's default KillMode send SIGTERM to every process of
+    # the worker; a pool process that died of it would cut its task short. Celery already
+    # has them ignore SIGINT: the main process's warm shutdown lets their tasks finish.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @setup_logging.connect

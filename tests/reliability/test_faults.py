@@ -226,3 +226,55 @@ def test_a_message_the_transport_drops_is_published_again(
             worker.stop()
     finally:
         receiver.stop()
+
+
+def test_sigterm_lets_a_worker_finish_or_return_its_tasks(
+    broker: Broker, target: Target, tmp_path: Path
+) -> None:
+    (tmp_path / "slowroutes.py").write_text(
+        "import time\n"
+        "from pipeline import logs\n"
+        "from pipeline.routing import route\n"
+        "from workers.app import app\n"
+        "from workers.base import PipelineTask\n"
+        "@route(tag='Tts', after=['notify'])\n"
+        "@app.task(base=PipelineTask, name='slowroutes.render')\n"
+        "def render(event):\n"
+        "    logs.get_logger('slow').info('render.started')\n"
+        "    time.sleep(2)\n"
+    )
+    env = cicb_env(
+        broker.url,
+        CICB_NOTIFY_URLS=target.url,
+        CICB_ROUTES="slowroutes",
+        PYTHONPATH=str(tmp_path),
+        **FAST_RECOVERY,
+    )
+    receiver, url = start_receiver(env, tmp_path / "receiver.log")
+    first = start_worker(env, tmp_path / "worker0.log")
+    try:
+        assert send_all(url, [callback(i) for i in range(10)]).accepted == 10
+        wait_until(lambda: "render.started" in first.log(), what="a task running")
+        started = time.monotonic()
+        code = first.stop(signal.SIGTERM, timeout_s=60)
+        stop_s = time.monotonic() - started
+        finished_before_stop = len(target.received)
+        second = start_worker(env, tmp_path / "worker1.log")
+        try:
+            wait_until(lambda: len(notified_jobs(target)) >= 10, timeout_s=90, what="all ten")
+            time.sleep(2)
+            jobs = notified_jobs(target)
+            report(
+                "worker SIGTERM",
+                exit_code=code,
+                stop_s=round(stop_s, 1),
+                notified_before_stop=finished_before_stop,
+                notified=len(jobs),
+                repeated=sum(c - 1 for c in jobs.values()),
+            )
+            assert code == 0
+            assert len(jobs) == 10 and set(jobs.values()) == {1}
+        finally:
+            second.stop()
+    finally:
+        receiver.stop()
