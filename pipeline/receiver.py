@@ -7,11 +7,11 @@ body takes to arrive, wraps the raw body in an envelope, publishes it on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio.to_thread
 import redis
@@ -33,8 +33,8 @@ from pipeline.access import (
     client_address,
     secret_redactor,
 )
-from pipeline.broker import Publisher
 from pipeline.counters import Counters
+from pipeline.enqueue import Enqueuer, enqueuer_for
 from pipeline.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ConfigError
 from pipeline.settings import Settings, get_settings
@@ -43,13 +43,6 @@ TOKEN_HEADER = "X-Callback-Token"
 REQUEST_ID_HEADER = "X-Request-Id"
 
 log = logs.get_logger("cicb.receiver")
-
-
-class Enqueuer(Protocol):
-    """What the receiver needs of the broker (``pipeline.broker.Publisher``)."""
-
-    def ingest(self, envelope: dict[str, Any]) -> str: ...
-    def ping(self) -> None: ...
 
 
 class _OutcomeCollector(Collector):
@@ -123,7 +116,8 @@ def _throttle_uvicorn_warnings() -> None:
 
 
 def create_app(
-    settings: Settings | None = None, enqueuer_factory: Callable[[Settings], Enqueuer] = Publisher
+    settings: Settings | None = None,
+    enqueuer_factory: Callable[[Settings], Enqueuer] = enqueuer_for,
 ) -> Starlette:
     """Build the receiver. Raises ``ConfigError`` when no token is configured."""
     settings = settings or get_settings()
@@ -201,7 +195,7 @@ def create_app(
         )
         try:
             with enqueue_seconds.time():
-                await anyio.to_thread.run_sync(enqueuer.ingest, envelope.to_json())
+                await enqueuer.ingest(envelope.to_json())
         except BrokerUnavailable as exc:
             log.error("callback.not_enqueued", request_id=request_id, error=redact(str(exc)))
             return _answer(503, request_id, {"error": "broker unavailable, send again"})
@@ -223,7 +217,7 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         try:
-            await anyio.to_thread.run_sync(enqueuer.ping)
+            await enqueuer.ping()
         except BrokerUnavailable as exc:
             error = redact(str(exc))
             return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
@@ -235,11 +229,17 @@ def create_app(
         text = await anyio.to_thread.run_sync(generate_latest, registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await enqueuer.aclose()
+
     return Starlette(
         routes=[
             Route("/callbacks", callbacks, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+        ],
+        lifespan=lifespan,
     )

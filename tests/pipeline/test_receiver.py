@@ -35,13 +35,16 @@ class FakeEnqueuer:
         self.ping_error: Exception | None = None
         self.pings = 0
 
-    def ingest(self, envelope: dict[str, Any]) -> str:
+    async def ingest(self, envelope: dict[str, Any]) -> str:
         if self.ingest_error is not None:
             raise self.ingest_error
         self.envelopes.append(envelope)
         return f"task-{len(self.envelopes)}"
 
-    def ping(self) -> None:
+    async def aclose(self) -> None:
+        pass
+
+    async def ping(self) -> None:
         self.pings += 1
         if self.ping_error is not None:
             raise self.ping_error

@@ -1,0 +1,62 @@
+"""The receiver's fast path writes the message Celery itself would write."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import redis
+
+from pipeline.broker import Publisher
+from pipeline.enqueue import CeleryEnqueuer, RedisEnqueuer, enqueuer_for
+from pipeline.settings import Settings
+
+ENVELOPE = {
+    "body": "<Response>回调</Response>",
+    "body_encoding": "utf-8",
+    "content_type": "application/xml",
+    "received_at": "2026-11-28T00:00:00+00:00",
+    "remote_addr": "127.0.0.1",
+    "request_id": "r1",
+}
+VARYING_HEADERS = {"id", "root_id", "origin"}
+VARYING_PROPERTIES = {"correlation_id", "reply_to", "delivery_tag"}
+
+
+def written(client: redis.Redis) -> dict[str, Any]:
+    message = json.loads(client.rpop("ingest"))  # type: ignore[arg-type]
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    for name in VARYING_HEADERS:
+        message["headers"].pop(name)
+    for name in VARYING_PROPERTIES:
+        message["properties"].pop(name)
+    return message
+
+
+def test_the_fast_path_writes_what_celery_writes(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    settings = Settings(broker_url=broker_url, redis_url=broker_url)
+    Publisher(Settings(broker_url=broker_url)).ingest(ENVELOPE)
+    by_celery = written(client)
+
+    async def enqueue() -> str:
+        enqueuer = RedisEnqueuer(settings)
+        try:
+            return await enqueuer.ingest(ENVELOPE)
+        finally:
+            await enqueuer.aclose()
+
+    task_id = asyncio.run(enqueue())
+    assert written(client) == by_celery
+    # ...and keeps it until its task finishes.
+    kept = json.loads(client.hget("cicb:inflight:messages", task_id))  # type: ignore[arg-type]
+    assert kept["body"][0] == [ENVELOPE] and kept["headers"]["id"] == task_id
+    assert client.zscore("cicb:inflight", task_id) is not None
+
+
+def test_redis_brokers_take_the_fast_path_and_others_celery() -> None:
+    assert isinstance(enqueuer_for(Settings(broker_url="redis://127.0.0.1:1/0")), RedisEnqueuer)
+    amqp = Settings(broker_url="amqp://guest:guest@127.0.0.1:1//")
+    assert isinstance(enqueuer_for(amqp), CeleryEnqueuer)
