@@ -1,0 +1,1 @@
+"""cicb's benchmark: ``make bench`` (see run.py)."""

@@ -1,0 +1,27 @@
+"""One-step no-op routes for the end-to-end benchmark, and Celery's own no-op for the ceiling.
+
+Both count what they did in Redis (``bench:done``) so the benchmark can time them.
+"""
+
+import os
+from typing import Any
+
+import redis
+
+from pipeline.routing import Route
+from workers.app import app
+from workers.base import PipelineTask
+
+counter = redis.Redis.from_url(os.environ["CICB_BROKER_URL"])
+
+routes = [Route("bench", ["bench.noop"])]
+
+
+@app.task(base=PipelineTask, name="bench.noop")
+def noop(event: dict[str, Any]) -> None:
+    counter.incr("bench:done")
+
+
+@app.task(name="bench.plain_noop")
+def plain_noop() -> None:
+    counter.incr("bench:done")

