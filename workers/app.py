@@ -59,7 +59,7 @@ inflight = (
 if inflight is not None:
     track_publishes(inflight)
     forget_finished(inflight)
-    app.steps["worker"].add(Sweeper)
+    app.steps["consumer"].add(Sweeper)
 
 
 @worker_process_init.connect

@@ -40,23 +40,27 @@ def forget_finished(inflight: Inflight) -> None:
 
 
 class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
-    requires = frozenset({"celery.worker.components:Timer"})
+    """A consumer step: it starts again with the consumer after a lost broker connection,
+    whose restart clears the timers of the one before."""
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        super().__init__(consumer, **kwargs)
         self.tref: Any = None
 
-    def start(self, worker: Any) -> None:
+    def start(self, consumer: Any) -> None:
         from workers.app import inflight
 
         if inflight is not None:
-            self.tref = worker.timer.call_repeatedly(
-                SWEEP_INTERVAL_S, self.sweep, (worker, inflight), priority=10
+            self.tref = consumer.timer.call_repeatedly(
+                SWEEP_INTERVAL_S, self.sweep, (consumer, inflight), priority=10
             )
 
-    def stop(self, worker: Any) -> None:
+    def stop(self, consumer: Any) -> None:
         if self.tref is not None:
             self.tref.cancel()
+            self.tref = None
+
+    shutdown = stop
 
     def sweep(self, worker: Any, inflight: Inflight) -> None:
         def republish(
