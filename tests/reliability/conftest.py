@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import Broker
-from tests.support import free_port
+from tests.support import Broker
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     data = tmp_path / "broker"
     data.mkdir()
-    b = Broker(port=free_port(), data=data)
+    b = Broker(data)
     b.start()
     yield b
-    if b.proc and b.proc.poll() is None:
-        b.stop()
+    b.stop()

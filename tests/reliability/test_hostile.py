@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.reliability.harness import Broker, callback, notified_jobs, report, send_all
-from tests.support import TOKEN, Target, cicb_env, run_cli, start_receiver, start_worker
+from tests.reliability.harness import callback, notified_jobs, report, send_all
+from tests.support import TOKEN, Broker, Target, cicb_env, run_cli, start_receiver, start_worker
 
 pytestmark = pytest.mark.reliability
 
