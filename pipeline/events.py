@@ -194,8 +194,27 @@ class WorkflowEvent:
         }
 
 
+class _RawEvent:
+    """What moderation and generic events share: no Tag, and a key from the raw callback
+    when it names no job."""
+
+    __slots__ = ()
+    event: str
+    job_id: str | None
+    state: str
+    raw: Mapping[str, Any]
+
+    @property
+    def tag(self) -> None:
+        return None
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.event}:{self.job_id or digest(self.raw)}:{self.state}"
+
+
 @dataclass(frozen=True, slots=True)
-class ModerationEvent:
+class ModerationEvent(_RawEvent):
     """A content-moderation callback (``ReviewImage``, ``ReviewDocument``...) that reached
     the same URL as the job callbacks.
 
@@ -219,16 +238,8 @@ class ModerationEvent:
     raw: Mapping[str, Any]
 
     @property
-    def tag(self) -> None:
-        return None
-
-    @property
     def kind(self) -> str:
         return KIND_MODERATION
-
-    @property
-    def dedup_key(self) -> str:
-        return f"{self.event}:{self.job_id or digest(self.raw)}:{self.state}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -250,7 +261,7 @@ class ModerationEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class GenericEvent:
+class GenericEvent(_RawEvent):
     """A callback with an EventName cicb has no model for; routed by ``event`` alone.
 
     ``job_id`` and ``state`` are the first job's (``JobsDetail.JobId``/``State``) or the
@@ -264,16 +275,8 @@ class GenericEvent:
     raw: Mapping[str, Any]
 
     @property
-    def tag(self) -> None:
-        return None
-
-    @property
     def kind(self) -> str:
         return KIND_GENERIC
-
-    @property
-    def dedup_key(self) -> str:
-        return f"{self.event}:{self.job_id or digest(self.raw)}:{self.state}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
