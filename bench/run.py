@@ -237,28 +237,18 @@ class Bench:
         )
         return rows
 
+    def worker(self, log: Path) -> Any:
+        """A worker as cicb runs it, with the no-op routes of bench/noop_routes.py."""
+        args = [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+                "-Q", "ingest,actions", "--loglevel", "WARNING",
+                "--without-mingle", "--without-gossip"]  # fmt: skip
+        return process(args, {**self.env, "CICB_ROUTES": "bench.noop_routes"}, log)
+
     def drain_rate(self, load: Callable[[], int], expected: int) -> float:
         """Callbacks (or tasks) per second a worker gets through, timed from its first."""
         self.redis.flushall()
         load()
-        with process(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "ingest,actions",
-                "--loglevel",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            {**self.env, "CICB_ROUTES": "bench.noop_routes"},
-            self.tmp / "worker.log",
-        ):
+        with self.worker(self.tmp / "worker.log"):
             wait_for(lambda: int(self.redis.get("bench:done") or 0) > 0, 120)
             start, first = time.monotonic(), int(self.redis.get("bench:done") or 0)
             wait_for(lambda: int(self.redis.get("bench:done") or 0) >= expected, 600)
@@ -313,24 +303,9 @@ class Bench:
     def memory_rows(self) -> list[list[str]]:
         self.redis.flushall()
         rows = []
-        worker_env = {**self.env, "CICB_ROUTES": "bench.noop_routes"}
-        worker_args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "ingest,actions",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ]
         with (
             self.server("cicb") as (url, receiver),
-            process(worker_args, worker_env, self.tmp / "worker-mem.log") as worker,
+            self.worker(self.tmp / "worker-mem.log") as worker,
         ):
             env = {**os.environ, "BENCH_BODY": str(SAMPLE), "BENCH_TOKEN": TOKEN}
             for target in MEMORY_AT:
