@@ -351,7 +351,13 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     )
 
 
+PARTS = ("receiver", "e2e", "memory")
+
+
 def main() -> None:
+    parts = sys.argv[1:] or PARTS
+    if unknown := set(parts) - set(PARTS):
+        sys.exit(f"unknown part {sorted(unknown)}; choose from {', '.join(PARTS)}")
     with tempfile.TemporaryDirectory(prefix="cicb-bench-") as tmp:
         bench = Bench(Path(tmp))
         with bench.broker():
@@ -360,30 +366,33 @@ def main() -> None:
                 f"{os.cpu_count()} cores",
                 flush=True,
             )
-            print(
-                table(
-                    "Receiver (POST tts_workflow.xml)",
-                    ["server", "req/s", "p50 ms", "p99 ms", "vs peer", "vs ceiling"],
-                    bench.receiver_rows(),
-                ),
-                flush=True,
-            )
-            print(
-                table(
-                    f"End to end ({E2E_CALLBACKS:,} callbacks)",
-                    ["", "rate"],
-                    bench.end_to_end_rows(),
-                ),
-                flush=True,
-            )
-            print(
-                table(
-                    "Memory (resident, MB; receiver 1 process, worker with its pool)",
-                    ["", "receiver", "worker"],
-                    bench.memory_rows(),
-                ),
-                flush=True,
-            )
+            if "receiver" in parts:
+                print(
+                    table(
+                        "Receiver (POST tts_workflow.xml)",
+                        ["server", "req/s", "p50 ms", "p99 ms", "vs peer", "vs ceiling"],
+                        bench.receiver_rows(),
+                    ),
+                    flush=True,
+                )
+            if "e2e" in parts:
+                print(
+                    table(
+                        f"End to end ({E2E_CALLBACKS:,} callbacks)",
+                        ["", "rate"],
+                        bench.end_to_end_rows(),
+                    ),
+                    flush=True,
+                )
+            if "memory" in parts:
+                print(
+                    table(
+                        "Memory (resident, MB; receiver 1 process, worker with its pool)",
+                        ["", "receiver", "worker"],
+                        bench.memory_rows(),
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

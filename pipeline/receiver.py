@@ -7,7 +7,9 @@ body takes to arrive, wraps the raw body in an envelope, publishes it on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import logging
 import re
 import uuid
@@ -115,6 +117,22 @@ def _throttle_uvicorn_warnings() -> None:
         logger.addFilter(ThrottleFilter(_UVICORN_INVALID_REQUEST))
 
 
+def _quiet_collector() -> None:
+    """Keep the garbage collector's pauses out of the time to answer.
+
+    What the process made while starting (imports, the app) lives as long as it does: frozen,
+    no collection walks it again. A request leaves little cyclic garbage, so the youngest
+    generation is collected less often, in larger, rarer passes.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
+# Allocations between collections of the youngest generation; Python's default is 700.
+GC_YOUNG_THRESHOLD = 20_000
+
+
 def create_app(
     settings: Settings | None = None,
     enqueuer_factory: Callable[[Settings], Enqueuer] = enqueuer_for,
@@ -175,7 +193,7 @@ def create_app(
         try:
             # A client sending a byte a second holds a connection, never more than the
             # limit's worth of memory, and only for body_timeout_s.
-            with anyio.fail_after(settings.body_timeout_s):
+            async with asyncio.timeout(settings.body_timeout_s):
                 body = await _read_body(request, settings.max_body_bytes)
         except BodyTooLarge:
             error = f"body over {settings.max_body_bytes} bytes"
@@ -231,6 +249,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _quiet_collector()
         yield
         await enqueuer.aclose()
 

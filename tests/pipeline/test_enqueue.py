@@ -11,7 +11,9 @@ import redis
 
 from pipeline.broker import Publisher
 from pipeline.enqueue import CeleryEnqueuer, RedisEnqueuer, enqueuer_for
+from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
+from tests.support import free_port
 
 ENVELOPE = {
     "body": "<Response>回调</Response>",
@@ -60,3 +62,44 @@ def test_redis_brokers_take_the_fast_path_and_others_celery() -> None:
     assert isinstance(enqueuer_for(Settings(broker_url="redis://127.0.0.1:1/0")), RedisEnqueuer)
     amqp = Settings(broker_url="amqp://guest:guest@127.0.0.1:1//")
     assert isinstance(enqueuer_for(amqp), CeleryEnqueuer)
+
+
+def test_callbacks_arriving_together_are_written_together_and_in_order(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    client.delete("ingest")
+    client.config_resetstat()
+    settings = Settings(broker_url=broker_url, redis_url=broker_url)
+    count = 300  # more than one batch holds
+
+    async def burst() -> list[str]:
+        enqueuer = RedisEnqueuer(settings)
+        try:
+            envelopes = [{**ENVELOPE, "request_id": str(n)} for n in range(count)]
+            return await asyncio.gather(*(enqueuer.ingest(e) for e in envelopes))
+        finally:
+            await enqueuer.aclose()
+
+    task_ids = asyncio.run(burst())
+    # A worker takes them in the order they arrived, each kept until its task finishes.
+    taken = [written(client)["body"][0][0]["request_id"] for _ in range(count)]
+    assert taken == [str(n) for n in range(count)]
+    assert client.llen("ingest") == 0
+    assert all(client.zscore("cicb:inflight", t) is not None for t in task_ids)
+    # ...in a handful of writes, not one per callback.
+    pushes = client.info("commandstats")["cmdstat_lpush"]["calls"]
+    assert 2 <= pushes <= 10
+
+
+def test_every_callback_waiting_on_a_failed_write_is_told_so() -> None:
+    settings = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+
+    async def burst() -> list[object]:
+        enqueuer = RedisEnqueuer(settings)
+        try:
+            calls = (enqueuer.ingest(ENVELOPE) for _ in range(20))
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await enqueuer.aclose()
+
+    results = asyncio.run(burst())
+    assert all(isinstance(r, BrokerUnavailable) for r in results)

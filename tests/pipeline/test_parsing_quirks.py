@@ -265,7 +265,13 @@ def test_hostile_5_mib_body_takes_bounded_time_and_memory(body: bytes) -> None:
 
 # -- properties ----------------------------------------------------------------------------
 
-_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=20)
+# Characters XML 1.0 allows: no surrogates, no control characters, not U+FFFE or U+FFFF.
+_TEXT = st.text(
+    alphabet=st.characters(
+        codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="\ufffe\uffff"
+    ),
+    max_size=20,
+)
 _NAMES = st.from_regex(r"[A-Z][A-Za-z0-9]{0,11}", fullmatch=True).filter(
     lambda n: n not in {"ObjectName", "Md5Info", "CosHeaders", "JobsDetail", "Tasks"}
 )
