@@ -20,8 +20,12 @@ log = logs.get_logger("cicb.counters")
 class Counters:
     """Cumulative counts by outcome (``dispatched``, ``unrouted``, ``dead_lettered``)."""
 
-    def __init__(self, url: str | None) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=2) if url else None
+    def __init__(self, client: redis.Redis | None) -> None:
+        self._client = client
+
+    @classmethod
+    def from_url(cls, url: str | None) -> Counters:
+        return cls(redis.Redis.from_url(url, socket_timeout=2) if url else None)
 
     @property
     def enabled(self) -> bool:

@@ -85,25 +85,25 @@ class Guard:
         with contextlib.suppress(redis.RedisError):
             self._release(keys=[PREFIX + "dedup:" + key], args=[CLAIMED + owner])
 
-    def completed(self, task_id: str) -> bool:
+    def start(self, task_id: str, attempt: int) -> tuple[bool, int]:
+        """A message's task is about to run: has it completed already, and how many times
+        has this message (``attempt``: the task's retry number) been delivered, this one
+        included? One round trip."""
+        deliveries = f"{PREFIX}deliveries:{task_id}:{attempt}"
         try:
-            return bool(self._redis.exists(PREFIX + "done:" + task_id))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.exists(PREFIX + "done:" + task_id)
+            pipe.incr(deliveries)
+            pipe.expire(deliveries, self._dedup_ttl_s)
+            done, count, _ = pipe.execute()
         except redis.RedisError as exc:
-            raise GuardUnavailable(f"cannot read completion of {task_id}: {exc}") from exc
+            raise GuardUnavailable(f"cannot read the deliveries of {task_id}: {exc}") from exc
+        return bool(done), int(count)
 
-    def complete(self, task_id: str) -> None:
-        # If Redis is away, at worst a redelivery of this finished message runs it again.
-        with contextlib.suppress(redis.RedisError):
-            self._redis.set(PREFIX + "done:" + task_id, 1, ex=self._dedup_ttl_s)
+    def complete(self, task_id: str, pipe: redis.client.Pipeline) -> None:
+        """Record on ``pipe`` that the task finished, so a redelivery does not run it again.
 
-    def delivery(self, task_id: str, attempt: int) -> int:
-        """Count one more delivery of this message (``attempt``: the task's retry number)."""
-        name = f"{PREFIX}deliveries:{task_id}:{attempt}"
-        try:
-            pipe = self._redis.pipeline()
-            pipe.incr(name)
-            pipe.expire(name, self._dedup_ttl_s)
-            count, _ = pipe.execute()
-        except redis.RedisError as exc:
-            raise GuardUnavailable(f"cannot count deliveries of {task_id}: {exc}") from exc
-        return int(count)
+        Queued with the task's other last writes; if Redis is away when they are sent, at
+        worst a redelivery of this finished message runs it again.
+        """
+        pipe.set(PREFIX + "done:" + task_id, 1, ex=self._dedup_ttl_s)

@@ -68,12 +68,17 @@ class Inflight:
         pipe.zadd(SCORES_KEY, {task_id: time.time()})
         pipe.execute()
 
-    def forget(self, task_id: str) -> None:
-        """The task finished (succeeded, or failed for good and was dead-lettered)."""
-        pipe = self._redis.pipeline()
+    def forget(self, task_id: str, pipe: redis.client.Pipeline | None = None) -> None:
+        """The task finished (succeeded, or failed for good and was dead-lettered).
+
+        With ``pipe``, the removal is queued there, for its caller to send.
+        """
+        own = pipe is None
+        pipe = self._redis.pipeline() if pipe is None else pipe
         pipe.zrem(SCORES_KEY, task_id)
         pipe.hdel(MESSAGES_KEY, task_id)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def count(self) -> int:
         return int(self._redis.zcard(SCORES_KEY))

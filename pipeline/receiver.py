@@ -241,7 +241,7 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    registry.register(_OutcomeCollector(Counters(settings.redis_url)))
+    registry.register(_OutcomeCollector(Counters.from_url(settings.redis_url)))
 
     async def metrics(request: Request) -> Response:
         text = await anyio.to_thread.run_sync(generate_latest, registry)

@@ -29,8 +29,9 @@ from pipeline.resubmit import (
 )
 from pipeline.signing import webhook_secret_bytes
 from pipeline.targets import Target
-from workers.app import app, settings
+from workers.app import app
 from workers.base import PipelineTask
+from workers.stores import settings
 
 log = logs.get_logger("cicb.actions")
 

@@ -14,11 +14,9 @@ from celery.signals import setup_logging, worker_process_init
 
 from pipeline import logs
 from pipeline.broker import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, queue, transport_options
-from pipeline.inflight import Inflight, track_publishes
-from pipeline.settings import get_settings
-from workers.sweeper import SWEEP_GRACE_S, Sweeper, forget_finished
-
-settings = get_settings()
+from pipeline.inflight import track_publishes
+from workers.stores import inflight, settings
+from workers.sweeper import Sweeper, forget_finished
 
 app = Celery("cicb", include=["workers.tasks", "workers.actions", *settings.routes_modules])
 app.conf.update(
@@ -41,7 +39,7 @@ app.conf.update(
     worker_prefetch_multiplier=settings.prefetch_multiplier,
     worker_concurrency=settings.worker_concurrency,
     worker_send_task_events=True,
-    task_send_sent_event=True,
+    task_send_sent_event=False,
     worker_hijack_root_logger=False,
     timezone="UTC",
 )
@@ -49,13 +47,6 @@ app.conf.update(
 
 # Every task message is kept until its task finishes, so one lost by the Redis transport
 # (taken by a worker that died before recording it) is published again.
-inflight = (
-    Inflight.from_url(
-        settings.redis_url, lost_after_s=settings.visibility_timeout_s + SWEEP_GRACE_S
-    )
-    if settings.redis_url
-    else None
-)
 if inflight is not None:
     track_publishes(inflight)
     forget_finished(inflight)

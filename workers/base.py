@@ -14,25 +14,12 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline import logs
-from pipeline.counters import Counters
 from pipeline.deadletter import DeadLetter, DeadLetterQueue
 from pipeline.envelope import Envelope
 from pipeline.errors import PermanentError, TransientError
-from pipeline.guard import Guard
-from pipeline.settings import get_settings
+from workers.stores import counters, finished, guard, settings
 
-settings = get_settings()
 log = logs.get_logger("cicb.task")
-counters = Counters(settings.redis_url)
-guard = (
-    Guard.from_url(
-        settings.redis_url,
-        dedup_ttl_s=settings.dedup_ttl_s,
-        max_deliveries=settings.max_deliveries,
-    )
-    if settings.redis_url
-    else None
-)
 
 
 class RedeliveryLimit(PermanentError):
@@ -60,17 +47,18 @@ class PipelineTask(Task):  # type: ignore[misc]
         if guard is None or task_id is None:  # no Redis, or called directly
             return super().__call__(*args, **kwargs)
         try:
-            if guard.completed(task_id):
-                # Its worker died after the work and before the ack: do not do it twice.
-                log.warning("task.already_completed")
-                return None
-            deliveries = guard.delivery(task_id, self.request.retries)
+            completed, deliveries = guard.start(task_id, self.request.retries)
         except TransientError as exc:
             self.retry_later(exc)
+        if completed:
+            # Its worker died after the work and before the ack: do not do it twice.
+            log.warning("task.already_completed")
+            finished(task_id)
+            return None
         if deliveries > guard.max_deliveries:
             raise RedeliveryLimit(deliveries)
         result = super().__call__(*args, **kwargs)
-        guard.complete(task_id)
+        finished(task_id)
         return result
 
     def retry_later(

@@ -15,18 +15,19 @@ from celery.signals import task_failure, task_success
 
 from pipeline import logs
 from pipeline.inflight import Inflight
+from workers.base import PipelineTask
 
 SWEEP_INTERVAL_S = 10.0
-SWEEP_GRACE_S = 20.0  # after kombu's own sweep (every 10 s) has had its chance
 
 log = logs.get_logger("cicb.sweeper")
 
 
 def forget_finished(inflight: Inflight) -> None:
-    """A task that succeeded, or failed for good (and was dead-lettered), is no longer kept."""
+    """A task that failed for good (and was dead-lettered) is no longer kept, nor is one
+    that succeeded; a ``PipelineTask`` forgets its own, with its completion record."""
 
-    def forget(sender: Any = None, **_: Any) -> None:
-        task_id = getattr(getattr(sender, "request", None), "id", None)
+    def forget(task: Any) -> None:
+        task_id = getattr(getattr(task, "request", None), "id", None)
         if task_id:
             try:
                 inflight.forget(task_id)
@@ -35,8 +36,15 @@ def forget_finished(inflight: Inflight) -> None:
                 # makes that copy a no-op.
                 log.warning("inflight.not_forgotten", task_id=task_id, error=str(exc))
 
-    task_success.connect(forget, weak=False)
-    task_failure.connect(forget, weak=False)
+    def succeeded(sender: Any = None, **_: Any) -> None:
+        if not isinstance(sender, PipelineTask):
+            forget(sender)
+
+    def failed(sender: Any = None, **_: Any) -> None:
+        forget(sender)
+
+    task_success.connect(succeeded, weak=False)
+    task_failure.connect(failed, weak=False)
 
 
 class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -48,7 +56,7 @@ class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
 
     def start(self, consumer: Any) -> None:
-        from workers.app import inflight
+        from workers.stores import inflight
 
         if inflight is not None:
             self.tref = consumer.timer.call_repeatedly(

@@ -13,12 +13,16 @@ from pipeline.broker import INGEST_TASK
 from pipeline.errors import ConfigError
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.routing import Route, RouteTable, table_for
-from workers.app import app, settings
-from workers.base import PipelineTask, counters, guard
+from workers.app import app
+from workers.base import PipelineTask
+from workers.stores import counters, guard, settings
 
 log = logs.get_logger("cicb.tasks")
 
 TASK_ID_NAMESPACE = uuid.UUID("0b7a6c1e-4f1d-5c2a-9e57-1c1b0f6d2a11")
+# What Flower shows of a step's argument: which callback it is. Celery's own repr of the
+# whole event would cost more than a short step does.
+SHOWN_FIELDS = ("event", "job_id", "run_id", "tag", "state")
 
 
 @functools.cache
@@ -37,12 +41,14 @@ def dispatch(route: Route, event: dict[str, Any], key: str) -> None:
     if unknown:
         # A message for a task no worker knows is discarded by Celery: refuse to send it.
         raise ConfigError(f"route {route.name!r} names unregistered task(s): {unknown}")
+    shown = repr([{k: event[k] for k in SHOWN_FIELDS if event.get(k) is not None}])
     steps = [
         app.signature(
             name,
             args=(event,),
             immutable=True,
             task_id=str(uuid.uuid5(TASK_ID_NAMESPACE, f"{key}|{route.name}|{i}|{name}")),
+            argsrepr=shown,
         )
         for i, name in enumerate(route.chain)
     ]

@@ -52,12 +52,17 @@ def test_concurrent_claims_have_one_winner(guard: Guard) -> None:
     assert len(wins) == 1
 
 
-def test_completions_and_deliveries_are_recorded_per_message(guard: Guard) -> None:
-    assert not guard.completed("task-1")
-    guard.complete("task-1")
-    assert guard.completed("task-1")
-    assert [guard.delivery("task-2", 0) for _ in range(3)] == [1, 2, 3]
-    assert guard.delivery("task-2", 1) == 1  # a retry is a new message
+def test_completions_and_deliveries_are_recorded_per_message(
+    guard: Guard, broker_url: str
+) -> None:
+    assert guard.start("task-1", 0) == (False, 1)
+    pipe = redis.Redis.from_url(broker_url).pipeline()
+    guard.complete("task-1", pipe)
+    assert guard.start("task-1", 0) == (False, 2)  # recorded only once sent
+    pipe.execute()
+    assert guard.start("task-1", 0) == (True, 3)
+    assert guard.start("task-2", 0) == (False, 1)
+    assert guard.start("task-2", 1) == (False, 1)  # a retry is a new message
 
 
 def test_an_unreachable_redis_is_a_transient_error() -> None:
@@ -65,4 +70,4 @@ def test_an_unreachable_redis_is_a_transient_error() -> None:
     with pytest.raises(GuardUnavailable):
         guard.claim("TaskFinish:j1:Success", owner="a")
     with pytest.raises(GuardUnavailable):
-        guard.delivery("t", 0)
+        guard.start("t", 0)
