@@ -89,8 +89,13 @@ def rss_mb(proc: subprocess.Popen[bytes]) -> float:
     return sum(p.memory_info().rss for p in procs if p.is_running()) / 1e6
 
 
+def wrk_env() -> dict[str, str]:
+    """What bench/post.lua reads: the body, the token, and a prefix for this run's job ids."""
+    run_id = f"{time.time_ns() % 10**12:012d}"
+    return {**os.environ, "BENCH_BODY": str(SAMPLE), "BENCH_TOKEN": TOKEN, "BENCH_RUN_ID": run_id}
+
+
 def wrk(url: str, seconds: int) -> dict[str, float]:
-    env = {**os.environ, "BENCH_BODY": str(SAMPLE), "BENCH_TOKEN": TOKEN}
     out = subprocess.run(
         [
             "wrk",
@@ -102,7 +107,7 @@ def wrk(url: str, seconds: int) -> dict[str, float]:
             str(ROOT / "bench" / "post.lua"),
             url,
         ],
-        env=env,
+        env=wrk_env(),
         capture_output=True,
         text=True,
         check=True,
@@ -198,14 +203,31 @@ class Bench:
             wait_for(lambda: httpx.post(url, content=b"", timeout=2).status_code < 500)
             yield url, proc
 
+    def fresh_broker(self, *, aof_rewrite: bool = True) -> None:
+        """An empty broker whose append-only file starts small, so every run starts alike."""
+        self.redis.flushall()
+        self.redis.bgrewriteaof()
+        wait_for(lambda: self.redis.info("persistence")["aof_rewrite_in_progress"] == 0)
+        self.redis.config_set("auto-aof-rewrite-percentage", 100 if aof_rewrite else 0)
+
     def receiver_rows(self) -> list[list[str]]:
         rows = []
-        configs = [("cicb", 1), ("cicb", 2), ("ceiling", 1), ("ceiling", 2), ("peer", 2)]
-        results: dict[tuple[str, int], list[dict[str, float]]] = {c: [] for c in configs}
+        # (label, server, processes); the last shows what the broker's append-only file
+        # rewrites (forked while the backlog grows) cost the receiver.
+        configs = [
+            ("cicb", "cicb", 1),
+            ("cicb", "cicb", 2),
+            ("ceiling", "ceiling", 1),
+            ("ceiling", "ceiling", 2),
+            ("peer", "peer", 2),
+            ("cicb, broker not rewriting its AOF", "cicb", 1),
+        ]
+        results: dict[tuple[str, str, int], list[dict[str, float]]] = {c: [] for c in configs}
         queued_ok = True
         for _ in range(RUNS):
-            for kind, workers in configs:  # interleaved, so noise hits all alike
-                self.redis.flushall()
+            for config in configs:  # interleaved, so noise hits all alike
+                label, kind, workers = config
+                self.fresh_broker(aof_rewrite="not rewriting" not in label)
                 with self.server(kind, workers) as (url, _):
                     result = wrk(url, SECONDS)
                 accepted = result["total"] - result["non2xx"]
@@ -213,21 +235,23 @@ class Bench:
                     queued = self.redis.llen("ingest") + self.redis.llen("celery")
                     result["queued"] = queued
                     queued_ok &= queued >= accepted
-                results[(kind, workers)].append(result)
+                results[config].append(result)
+        self.fresh_broker()
 
-        def median(config: tuple[str, int], key: str) -> float:
+        def median(config: tuple[str, str, int], key: str) -> float:
             return statistics.median(r[key] for r in results[config])
 
-        peer = median(("peer", 2), "rps")
-        for kind, workers in configs:
-            rps = median((kind, workers), "rps")
-            ceiling = median(("ceiling", workers), "rps")
+        peer = median(configs[4], "rps")
+        for config in configs:
+            label, kind, workers = config
+            rps = median(config, "rps")
+            ceiling = median(("ceiling", "ceiling", workers), "rps")
             rows.append(
                 [
-                    f"{kind} ({workers} process{'es' if workers > 1 else ''})",
+                    f"{label} ({workers} process{'es' if workers > 1 else ''})",
                     f"{rps:,.0f}",
-                    f"{median((kind, workers), 'p50'):.2f}",
-                    f"{median((kind, workers), 'p99'):.2f}",
+                    f"{median(config, 'p50'):.2f}",
+                    f"{median(config, 'p99'):.2f}",
                     f"{rps / peer:.1f}x",
                     f"{rps / ceiling:.0%}",
                 ]
@@ -246,7 +270,7 @@ class Bench:
 
     def drain_rate(self, load: Callable[[], int], expected: int) -> float:
         """Callbacks (or tasks) per second a worker gets through, timed from its first."""
-        self.redis.flushall()
+        self.fresh_broker()
         load()
         with self.worker(self.tmp / "worker.log"):
             wait_for(lambda: int(self.redis.get("bench:done") or 0) > 0, 120)
@@ -301,17 +325,16 @@ class Bench:
         ]
 
     def memory_rows(self) -> list[list[str]]:
-        self.redis.flushall()
+        self.fresh_broker()
         rows = []
         with (
             self.server("cicb") as (url, receiver),
             self.worker(self.tmp / "worker-mem.log") as worker,
         ):
-            env = {**os.environ, "BENCH_BODY": str(SAMPLE), "BENCH_TOKEN": TOKEN}
             for target in MEMORY_AT:
                 load = subprocess.Popen(
                     ["wrk", "-t1", "-c8", "-d3600s", "-s", str(ROOT / "bench" / "post.lua"), url],
-                    env=env,
+                    env=wrk_env(),
                     stdout=subprocess.DEVNULL,
                 )
                 wait_for(lambda t=target: accepted(url) >= t, 3600)
