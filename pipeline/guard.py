@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import cast
 
 import redis
 
@@ -53,10 +53,6 @@ class Guard:
         self._claim_ttl_s = claim_ttl_s
         self.max_deliveries = max_deliveries
         self._release = client.register_script(_RELEASE)
-
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> Guard:
-        return cls(redis.Redis.from_url(url, socket_timeout=5), **options)
 
     def claim(self, key: str, *, owner: str) -> bool:
         """Take the callback ``key`` for ``owner`` (a task id); False if it is taken or done.

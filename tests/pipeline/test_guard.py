@@ -13,7 +13,8 @@ from tests.support import free_port
 
 @pytest.fixture
 def guard(broker_url: str) -> Guard:
-    return Guard.from_url(broker_url, dedup_ttl_s=60, max_deliveries=3, claim_ttl_s=30)
+    client = redis.Redis.from_url(broker_url)
+    return Guard(client, dedup_ttl_s=60, max_deliveries=3, claim_ttl_s=30)
 
 
 def test_a_key_is_claimed_once_until_released(guard: Guard, broker_url: str) -> None:
@@ -52,9 +53,7 @@ def test_concurrent_claims_have_one_winner(guard: Guard) -> None:
     assert len(wins) == 1
 
 
-def test_completions_and_deliveries_are_recorded_per_message(
-    guard: Guard, broker_url: str
-) -> None:
+def test_completions_and_deliveries_are_recorded_per_message(guard: Guard, broker_url: str) -> None:
     assert guard.start("task-1", 0) == (False, 1)
     pipe = redis.Redis.from_url(broker_url).pipeline()
     guard.complete("task-1", pipe)
@@ -66,7 +65,8 @@ def test_completions_and_deliveries_are_recorded_per_message(
 
 
 def test_an_unreachable_redis_is_a_transient_error() -> None:
-    guard = Guard.from_url(f"redis://127.0.0.1:{free_port()}/0", dedup_ttl_s=60, max_deliveries=3)
+    client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    guard = Guard(client, dedup_ttl_s=60, max_deliveries=3)
     with pytest.raises(GuardUnavailable):
         guard.claim("TaskFinish:j1:Success", owner="a")
     with pytest.raises(GuardUnavailable):
