@@ -38,6 +38,8 @@ app.conf.update(
     # Callbacks are short tasks: fetch several at a time.
     worker_prefetch_multiplier=settings.prefetch_multiplier,
     worker_concurrency=settings.worker_concurrency,
+    # Flower follows each task from its receipt; a task-sent event would cost one more
+    # broker write per step, for what the queue lengths already show.
     worker_send_task_events=True,
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
