@@ -205,9 +205,15 @@ class Bench:
 
     def fresh_broker(self, *, aof_rewrite: bool = True) -> None:
         """An empty broker whose append-only file starts small, so every run starts alike."""
+
+        def rewrite_done() -> bool:
+            info = self.redis.info("persistence")
+            return not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])
+
+        wait_for(rewrite_done)  # one the last run started
         self.redis.flushall()
         self.redis.bgrewriteaof()
-        wait_for(lambda: self.redis.info("persistence")["aof_rewrite_in_progress"] == 0)
+        wait_for(rewrite_done)
         self.redis.config_set("auto-aof-rewrite-percentage", 100 if aof_rewrite else 0)
 
     def receiver_rows(self) -> list[list[str]]:
