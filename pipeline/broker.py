@@ -45,6 +45,11 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_mutex_expire": 60,
         "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
         "socket_keepalive": True,
+        # RabbitMQ: a publish returns once the broker has the message (publisher confirms,
+        # sent once a persistent message is on disk), not once it is written to the socket;
+        # without them a callback answered 200 is lost if RabbitMQ dies just after. Redis
+        # ignores it.
+        "confirm_publish": True,
     }
 
 

@@ -1,0 +1,334 @@
+"""The whole path on a real RabbitMQ: receiver -> RabbitMQ -> Celery worker -> notify target.
+
+cicb claims to work with RabbitMQ as the broker (``CICB_BROKER_URL=amqp://...``): the receiver
+then publishes through Celery's ``send_task`` instead of its Redis fast path, and the dead
+letters are plain AMQP messages. Deduplication, the inflight records and the outcome counters
+still live in Redis (``CICB_REDIS_URL``, the session's Valkey here). These tests cover:
+
+- callbacks posted together each reach the notify target exactly once, with their job id, and
+  a callback sent twice is notified once;
+- a malformed body is dead-lettered on RabbitMQ and ``cicb dlq`` lists it, shows its raw bytes
+  and the reason, replays it and purges it;
+- a callback answered 200 survives RabbitMQ dying at once (killed, not stopped); while it is
+  down the receiver answers 503 quickly (and ``/readyz`` too), and once it is back the
+  receiver takes callbacks again without a restart.
+
+Each server is a ``rabbitmq-server`` of the test's own, with its own epmd, on free loopback
+ports and with its data and logs in a pytest temporary directory. The module is skipped when
+RabbitMQ is not installed (``.ci/run`` installs Debian's ``rabbitmq-server``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from kombu import Connection
+
+from pipeline.broker import ACTIONS_QUEUE, DEAD_LETTER_QUEUE, INGEST_QUEUE, queue
+from pipeline.inflight import SCORES_KEY
+from tests.support import (
+    CICB,
+    SHARED_SAMPLES,
+    TOKEN,
+    Process,
+    Stack,
+    Target,
+    cicb_env,
+    free_port,
+    start_receiver,
+    start_worker,
+    wait_until,
+)
+
+
+def _rabbitmq_server() -> str | None:
+    # Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the rabbitmq user (who
+    # cannot write to pytest's directories); the script it wraps runs as anyone.
+    debian = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    return str(debian) if debian.exists() else shutil.which("rabbitmq-server")
+
+
+RABBITMQ_SERVER = _rabbitmq_server()
+EPMD = shutil.which("epmd")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        RABBITMQ_SERVER is None or EPMD is None,
+        reason="rabbitmq-server (and Erlang's epmd) not installed: "
+        "apt-get install rabbitmq-server, as .ci/run does",
+    ),
+]
+
+TTS_JOB_ID = "j707f4864f86811ecb90d0b03267ce0e5"
+
+
+@dataclass
+class RabbitMQ:
+    """A rabbitmq-server that a test can stop and start again on the same ports and data.
+
+    It has its own epmd (Erlang's node name server) on a free port, so it neither needs nor
+    disturbs the machine's, and its own Erlang cookie in ``home``.
+    """
+
+    home: Path
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    epmd_port: int = field(default_factory=free_port)
+    node: str = field(default_factory=lambda: f"rabbit-{uuid.uuid4().hex[:12]}@localhost")
+    server: Process | None = None
+    epmd: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),  # erl
+            "HOME": str(self.home),  # where the Erlang cookie goes
+            "LANG": "C.UTF-8",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_MNESIA_BASE": str(self.home / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.home / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.home / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.home / "enabled_plugins"),
+            # Not /etc/rabbitmq/rabbitmq-env.conf: nothing of the machine's own setup.
+            "RABBITMQ_CONF_ENV_FILE": str(self.home / "rabbitmq-env.conf"),
+        }
+
+    def start(self) -> None:
+        assert RABBITMQ_SERVER is not None and EPMD is not None
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "rabbitmq.conf").write_text(
+            # Below the default 50 MB free on a crowded CI disk, RabbitMQ would block every
+            # publisher without a word.
+            "disk_free_limit.absolute = 10MB\n"
+        )
+        (self.home / "enabled_plugins").write_text("[].\n")
+        (self.home / "rabbitmq-env.conf").write_text("")
+        if self.epmd is None:
+            self.epmd = Process(
+                [EPMD, "-address", "127.0.0.1", "-port", str(self.epmd_port)],
+                self.env(),
+                self.home / "epmd.log",
+                cwd=self.home,
+            ).start()
+        self.server = Process(
+            [RABBITMQ_SERVER], self.env(), self.home / "server.log", cwd=self.home
+        ).start()
+        popen = self.server.popen
+        assert popen is not None
+        wait_until(
+            lambda: popen.poll() is not None or self.accepts(),
+            timeout_s=90,
+            what=f"rabbitmq-server on port {self.port}",
+        )
+        assert popen.poll() is None, f"rabbitmq-server exited:\n{self.server.log()[-3000:]}"
+
+    def accepts(self) -> bool:
+        """Whether an AMQP client can log in now."""
+        with Connection(self.url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+            return True
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM: RabbitMQ shuts down cleanly), keeping its data."""
+        if self.server is not None:
+            self.server.stop(timeout_s=60)
+
+    def kill(self) -> None:
+        """Kill the node at once (SIGKILL), as a crash would."""
+        if self.server is not None:
+            self.server.stop(signal.SIGKILL)
+
+    def close(self) -> None:
+        self.stop()
+        if self.epmd is not None:
+            self.epmd.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """A RabbitMQ server for the session's tests."""
+    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq: RabbitMQ) -> str:
+    """The session's RabbitMQ, with cicb's queues empty."""
+    with Connection(rabbitmq.url) as conn:
+        for name in (INGEST_QUEUE, ACTIONS_QUEUE, DEAD_LETTER_QUEUE):
+            bound = queue(name)(conn.default_channel)
+            bound.declare()
+            bound.purge()
+    return rabbitmq.url
+
+
+@pytest.fixture
+def stack(tmp_path: Path, amqp_url: str, broker_url: str, target: Target) -> Iterator[Stack]:
+    """A worker and a receiver on RabbitMQ, with Redis (Valkey) beside it, notifying ``target``."""
+    env = cicb_env(amqp_url, CICB_REDIS_URL=broker_url, CICB_NOTIFY_URLS=target.url)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        receiver, url = start_receiver(env, tmp_path / "receiver.log")
+        try:
+            yield Stack(env=env, url=url, worker=worker, receiver=receiver)
+        finally:
+            receiver.stop()
+    finally:
+        worker.stop()
+
+
+def tts_callback(job_id: str) -> bytes:
+    """The TTS sample callback, for another job."""
+    body = (SHARED_SAMPLES / "tts_api.xml").read_bytes()
+    assert TTS_JOB_ID.encode() in body
+    return body.replace(TTS_JOB_ID.encode(), job_id.encode())
+
+
+def post(url: str, body: bytes, timeout_s: float = 10) -> httpx.Response:
+    return httpx.post(
+        f"{url}/callbacks", content=body, headers={"X-Callback-Token": TOKEN}, timeout=timeout_s
+    )
+
+
+def all_tasks_finished(redis_url: str) -> bool:
+    """No task message is still waiting for its task to finish (``pipeline.inflight``)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.zcard(SCORES_KEY)) == 0
+    finally:
+        client.close()
+
+
+def dead_letters(stack: Stack) -> list[dict[str, object]]:
+    listed: dict[str, list[dict[str, object]]] = json.loads(
+        stack.cli("dlq", "list", "--json").stdout
+    )
+    return listed["dead_letters"]
+
+
+def test_callbacks_posted_together_are_each_notified_once(
+    stack: Stack, target: Target, broker_url: str
+) -> None:
+    job_ids = [f"j{uuid.uuid4().hex}" for _ in range(6)]
+    bodies = [tts_callback(job_id) for job_id in job_ids]
+    bodies.append(bodies[0])  # Tencent sends a callback again: one notification all the same
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: post(stack.url, body), bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+    assert {r.json()["status"] for r in responses} == {"accepted"}
+
+    target.wait_for(len(job_ids))
+    wait_until(lambda: all_tasks_finished(broker_url), what="every task to finish")
+    events = target.bodies()
+    assert sorted(e["job_id"] for e in events) == sorted(job_ids)
+    assert {(e["tag"], e["state"]) for e in events} == {("Tts", "Success")}
+
+    log = stack.worker.log()
+    assert log.count('"outcome": "dispatched"') == len(job_ids)
+    assert log.count('"outcome": "duplicate"') == 1
+    metrics = httpx.get(f"{stack.url}/metrics").text  # counted in Redis, read by the receiver
+    assert f'cicb_callbacks_total{{outcome="dispatched"}} {len(job_ids)}.0' in metrics
+    assert 'cicb_callbacks_total{outcome="duplicate"} 1.0' in metrics
+    assert dead_letters(stack) == []
+
+
+def test_a_malformed_body_is_dead_lettered_on_rabbitmq_with_its_bytes(
+    stack: Stack, target: Target
+) -> None:
+    garbage = b"\x00\xffnot a callback\r\n" + bytes(range(256))
+    assert post(stack.url, garbage).status_code == 200
+
+    [letter] = wait_until(lambda: dead_letters(stack), what="a dead letter")
+    assert letter["task"] == "cicb.ingest"
+    assert letter["queue"] == INGEST_QUEUE
+    assert letter["error"] == "ParseError"
+    shown = subprocess.run(
+        [CICB, "dlq", "show", str(letter["id"]), "--body"],
+        env=stack.env,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert shown == garbage
+    record = json.loads(stack.cli("dlq", "show", str(letter["id"])).stdout)
+    assert "UTF-8" in record["reason"] and record["reason"] == letter["reason"]
+    assert dead_letters(stack) == [letter]  # reading a dead letter leaves it on the queue
+
+    assert "replayed 1" in stack.cli("dlq", "replay", str(letter["id"])).stdout
+    [again] = wait_until(
+        lambda: [d for d in dead_letters(stack) if d["id"] != letter["id"]], what="replayed"
+    )
+    assert [d["id"] for d in dead_letters(stack)] == [again["id"]]
+    assert "purged 1" in stack.cli("dlq", "purge", "--yes").stdout
+    assert dead_letters(stack) == []
+    assert target.received == []
+
+
+def test_a_rabbitmq_crash_loses_no_accepted_callback_and_meanwhile_the_receiver_answers_503(
+    tmp_path: Path, broker_url: str, target: Target
+) -> None:
+    server = RabbitMQ(tmp_path / "rabbitmq")  # its own: this test kills it
+    worker = None
+    try:
+        server.start()
+        env = cicb_env(server.url, CICB_REDIS_URL=broker_url, CICB_NOTIFY_URLS=target.url)
+        receiver, url = start_receiver(env, tmp_path / "receiver.log")
+        try:
+            accepted = [f"j{uuid.uuid4().hex}" for _ in range(20)]
+            with ThreadPoolExecutor(len(accepted)) as pool:
+                responses = list(pool.map(lambda j: post(url, tts_callback(j)), accepted))
+            assert [r.status_code for r in responses] == [200] * len(accepted)
+
+            # A 200 means RabbitMQ has the callback on disk, not in a socket buffer: it
+            # survives RabbitMQ dying at once.
+            server.kill()
+            late = f"j{uuid.uuid4().hex}"
+            started = time.monotonic()
+            refused = post(url, tts_callback(late), timeout_s=30)
+            assert refused.status_code == 503, refused.text
+            assert time.monotonic() - started < 10
+            assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503
+            assert httpx.get(f"{url}/healthz").status_code == 200
+
+            server.start()
+            # The receiver takes callbacks again without a restart; Tencent's retry of the
+            # one refused gets through.
+            wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="ready")
+            assert post(url, tts_callback(late)).status_code == 200
+
+            worker = start_worker(env, tmp_path / "worker.log")
+            events = target.wait_for(len(accepted) + 1)
+            assert sorted(e["job_id"] for e in events) == sorted([*accepted, late])
+        finally:
+            receiver.stop()
+        assert TOKEN not in receiver.log()
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.close()
