@@ -88,7 +88,7 @@ class Publisher:
                 "interval_max": 0.5,
             },
         )
-        if settings.redis_url:
+        if settings.redis_url and settings.broker_is_redis:
             # Keep each message until its task finishes (see pipeline.inflight).
             track_publishes(Inflight.from_url(settings.redis_url, lost_after_s=0))
 

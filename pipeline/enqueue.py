@@ -213,6 +213,6 @@ def _settle(batch: list[_Write], error: Exception | None) -> None:
 
 def enqueuer_for(settings: Settings) -> Enqueuer:
     """The fast path on Redis, Celery's own elsewhere."""
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if settings.broker_is_redis:
         return RedisEnqueuer(settings)
     return CeleryEnqueuer(settings)

@@ -8,6 +8,10 @@ written to ``cicb:inflight`` as it is published, and removed when its task succe
 fails for good (a dead letter is not lost). A message still there after ``lost_after_s`` is
 published again, with the same task id: if its task did finish, the completion record makes
 the copy a no-op (``pipeline.guard``).
+
+Only on a Redis broker: RabbitMQ keeps a message until it is acked and gives back the
+unacked messages of a connection that died, and a message merely waiting in its queue
+must not be published twice.
 """
 
 from __future__ import annotations

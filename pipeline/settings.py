@@ -95,6 +95,10 @@ class Settings:
             raise ConfigError(f"CICB_LOG_FORMAT must be auto, json or console: {self.log_format}")
 
     @property
+    def broker_is_redis(self) -> bool:
+        return _is_redis(self.broker_url)
+
+    @property
     def cos_configured(self) -> bool:
         """Whether cicb can call CI's API (``retry_job`` needs it)."""
         return bool(self.cos_secret_id and self.cos_secret_key)
@@ -150,7 +154,7 @@ class Settings:
         broker = environ.get("CICB_BROKER_URL", "").strip()
         embedded_port = number("EMBEDDED_BROKER_PORT", DEFAULT_EMBEDDED_BROKER_PORT)
         broker_url = broker or f"redis://127.0.0.1:{embedded_port}/0"
-        redis_default = broker_url if broker_url.startswith(("redis://", "rediss://")) else None
+        redis_default = broker_url if _is_redis(broker_url) else None
         return cls(
             # Without a broker URL, cicb talks to the embedded broker that `cicb up` starts.
             broker_url=broker_url,
@@ -201,3 +205,7 @@ class Settings:
 def get_settings() -> Settings:
     """The process's settings, read from the environment on first use."""
     return Settings.from_env(os.environ)
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))

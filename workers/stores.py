@@ -1,8 +1,8 @@
 """What workers keep in Redis (``CICB_REDIS_URL``), on one connection pool per process.
 
 ``guard`` (deduplication, completion records, delivery counts), ``inflight`` (every task
-message until its task finishes) and ``counters`` (outcomes for ``/metrics``). All are
-``None``, or count nothing, when there is no Redis to keep them in.
+message until its task finishes; on a Redis broker only) and ``counters`` (outcomes for
+``/metrics``). All are ``None``, or count nothing, when there is no Redis to keep them in.
 """
 
 from __future__ import annotations
@@ -29,20 +29,23 @@ guard = (
     else None
 )
 inflight = (
-    Inflight(client, lost_after_s=settings.visibility_timeout_s + SWEEP_GRACE_S) if client else None
+    Inflight(client, lost_after_s=settings.visibility_timeout_s + SWEEP_GRACE_S)
+    if client and settings.broker_is_redis
+    else None
 )
 
 
 def finished(task_id: str) -> None:
-    """A task finished: its completion record and its message no longer kept
+    """A task finished: its completion record, and its message no longer kept
     (``pipeline.inflight``), written in one round trip."""
-    if client is None or guard is None or inflight is None:
+    if client is None or guard is None:
         return
     pipe = client.pipeline(transaction=False)
     guard.complete(task_id, pipe)
-    inflight.forget(task_id, pipe)
+    if inflight is not None:
+        inflight.forget(task_id, pipe)
     try:
         pipe.execute()
     except redis.RedisError as exc:
-        # Kept: the sweep publishes it again later, and the copy runs the task again.
+        # At worst a redelivery of this message, or the sweep's copy of it, runs it again.
         log.warning("task.finish_not_recorded", task_id=task_id, error=str(exc))
