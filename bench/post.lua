@@ -17,3 +17,4 @@ function request()
   local job = string.format("j%s%020d", prefix, sent)
   return wrk.format(nil, nil, nil, (template:gsub(sample_job, job)))
 end
+
