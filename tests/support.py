@@ -189,6 +189,28 @@ class Stack:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env=self.env, check=check)
 
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """What ``cicb dlq list --json`` shows."""
+        listed: list[dict[str, Any]] = json.loads(self.cli("dlq", "list", "--json").stdout)[
+            "dead_letters"
+        ]
+        return listed
+
+
+# What every user's route module in the tests imports.
+ROUTE_MODULE_IMPORTS = (
+    "from pipeline.routing import Route, route\n"
+    "from workers.app import app\n"
+    "from workers.base import PipelineTask\n"
+)
+
+
+def user_routes(folder: Path, name: str, source: str) -> dict[str, str]:
+    """Write a user's route module ``name`` (its imports, then ``source``) into ``folder``;
+    return the settings that load it."""
+    (folder / f"{name}.py").write_text(ROUTE_MODULE_IMPORTS + source)
+    return {"CICB_ROUTES": name, "PYTHONPATH": str(folder)}
+
 
 def run_cli(
     *args: str, env: dict[str, str], check: bool = True, cwd: Path = ROOT

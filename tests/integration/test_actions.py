@@ -62,10 +62,6 @@ def actions_stack(
     )
 
 
-def dead_letters(stack: Stack) -> list[dict[str, Any]]:
-    return json.loads(stack.cli("dlq", "list", "--json").stdout)["dead_letters"]
-
-
 def test_the_default_routes_use_every_configured_action(actions_stack: Stack) -> None:
     table = {
         r["name"]: r["chain"] for r in json.loads(actions_stack.cli("routes", "--json").stdout)
@@ -92,7 +88,7 @@ def test_success_is_notified_then_its_output_copied(
     wait_until(lambda: '"outcome": "duplicate"' in actions_stack.worker.log(), what="duplicate")
     assert actions_stack.worker.log().count('"outputs_copied"') == 1
     assert len(target.received) == 1
-    assert dead_letters(actions_stack) == []
+    assert actions_stack.dead_letters() == []
 
 
 def test_a_missing_output_is_dead_lettered_with_a_clear_reason(
@@ -100,7 +96,7 @@ def test_a_missing_output_is_dead_lettered_with_a_clear_reason(
 ) -> None:
     body = job_callback("jcopy0002", "Success").replace(b"out/talk.mp3", b"out/gone.mp3")
     assert actions_stack.post(body).status_code == 200
-    [letter] = wait_until(lambda: dead_letters(actions_stack), what="dead letter")
+    [letter] = wait_until(actions_stack.dead_letters, what="dead letter")
     assert letter["task"] == "cicb.copy_output"
     assert "out/gone.mp3" in letter["reason"] and "does not exist" in letter["reason"]
     assert letter["attempts"] == 1
@@ -128,7 +124,7 @@ def test_a_failed_job_is_resubmitted_once_then_given_up(
         actions_stack.post(job_callback(NEW_JOB_ID, "Failed", code="InternalError")).status_code
         == 200
     )
-    [letter] = wait_until(lambda: dead_letters(actions_stack), timeout_s=30, what="give up")
+    [letter] = wait_until(actions_stack.dead_letters, timeout_s=30, what="give up")
     assert letter["task"] == "cicb.retry_job"
     assert letter["error"] == "GaveUp"
     assert len(ci_server.requests) == 1
@@ -146,7 +142,7 @@ def test_an_input_error_is_never_resubmitted(
 ) -> None:
     body = job_callback("jfail0002", "Failed", code="InputFileNotExist")
     assert actions_stack.post(body).status_code == 200
-    [letter] = wait_until(lambda: dead_letters(actions_stack), what="give up")
+    [letter] = wait_until(actions_stack.dead_letters, what="give up")
     assert letter["error"] == "GaveUp" and "InputFileNotExist" in letter["reason"]
     assert ci_server.requests == []
     assert target.wait_for(1)[0]["code"] == "InputFileNotExist"

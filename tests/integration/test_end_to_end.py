@@ -19,6 +19,7 @@ from tests.support import (
     free_port,
     run_cli,
     start_receiver,
+    user_routes,
     wait_until,
 )
 
@@ -32,10 +33,6 @@ CANCELLED_JOB = b"""<Response><EventName>TaskFinish</EventName><JobsDetail>
 <Code>Success</Code><JobId>jcancelled0000000000000000000001</JobId><State>Cancel</State>
 <Tag>Transcode</Tag><CreationTime>2022-06-30T19:33:18+0800</CreationTime>
 </JobsDetail></Response>"""
-
-
-def dead_letters(stack: Stack) -> list[dict[str, object]]:
-    return json.loads(stack.cli("dlq", "list", "--json").stdout)["dead_letters"]
 
 
 def callback_outcome(stack: Stack, request_id: str) -> str:
@@ -74,7 +71,7 @@ def test_each_sample_reaches_the_notify_target_as_the_normalized_event(
     received = target.wait_for(len(expected))
     assert sorted(received, key=json.dumps) == sorted(expected, key=json.dumps)
     assert all(r["headers"]["Content-Type"] == "application/json" for r in target.received)
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
     log = stack.worker.log()
     assert '"outcome": "dispatched"' in log and '"route": "job-succeeded"' in log
 
@@ -86,7 +83,7 @@ def test_garbage_is_dead_lettered_byte_for_byte_and_replay_puts_it_back(
     garbage = b"\x00\xffnot a callback\r\n\x89PNG" + bytes(range(256))
     assert stack.post(garbage, headers={"Content-Type": "application/xml"}).status_code == 200
 
-    letters = wait_until(lambda: dead_letters(stack), what="a dead letter")
+    letters = wait_until(stack.dead_letters, what="a dead letter")
     assert len(letters) == 1
     letter = letters[0]
     assert letter["task"] == "cicb.ingest"
@@ -101,14 +98,14 @@ def test_garbage_is_dead_lettered_byte_for_byte_and_replay_puts_it_back(
     assert "replayed 1" in stack.cli("dlq", "replay", str(letter["id"])).stdout
     # Back through ingest, which fails it again: a new dead letter with the same body.
     again = wait_until(
-        lambda: [d for d in dead_letters(stack) if d["id"] != letter["id"]], what="replayed"
+        lambda: [d for d in stack.dead_letters() if d["id"] != letter["id"]], what="replayed"
     )
-    assert [d["id"] for d in dead_letters(stack)] == [again[0]["id"]]
+    assert [d["id"] for d in stack.dead_letters()] == [again[0]["id"]]
     assert subprocess_bytes(stack, "dlq", "show", str(again[0]["id"]), "--body") == garbage
     assert target.received == []
 
     assert "purged 1" in stack.cli("dlq", "purge", "--yes").stdout
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
 
 
 def subprocess_bytes(stack: Stack, *args: str) -> bytes:
@@ -124,7 +121,7 @@ def test_notify_retries_then_dead_letters_and_replay_delivers(
     target.default_status = 503
     assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
 
-    letters = wait_until(lambda: dead_letters(stack), timeout_s=30, what="notify dead letter")
+    letters = wait_until(stack.dead_letters, timeout_s=30, what="notify dead letter")
     assert letters[0]["task"] == "cicb.notify"
     assert letters[0]["queue"] == "actions"
     assert letters[0]["attempts"] == 2  # the first try and one retry
@@ -135,14 +132,14 @@ def test_notify_retries_then_dead_letters_and_replay_delivers(
     assert "replayed 1" in stack.cli("dlq", "replay", "--all").stdout
     [event] = target.wait_for(1)
     assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
 
 
 def test_a_refusing_target_is_dead_lettered_at_once(make_stack: object, target: Target) -> None:
     stack = make_stack(CICB_NOTIFY_URLS=target.url)  # type: ignore[operator]
     target.default_status = 404
     assert stack.post((SHARED_SAMPLES / "workflow_finish.xml").read_bytes()).status_code == 200
-    [letter] = wait_until(lambda: dead_letters(stack), what="dead letter")
+    [letter] = wait_until(stack.dead_letters, what="dead letter")
     assert letter["task"] == "cicb.notify"
     assert letter["attempts"] == 1
     assert "HTTP 404" in str(letter["reason"])
@@ -156,7 +153,7 @@ def test_unrouted_callback_is_logged_not_dead_lettered(make_stack: object, targe
     line = next(x for x in stack.worker.log().splitlines() if '"outcome": "unrouted"' in x)
     assert json.loads(line)["job_id"] == "jcancelled0000000000000000000001"
     assert json.loads(line)["state"] == "Cancel"
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
     assert target.received == []
     metrics = httpx.get(f"{stack.url}/metrics").text
     assert 'cicb_callbacks_total{outcome="unrouted"} 1.0' in metrics
@@ -166,20 +163,17 @@ def test_unrouted_callback_is_logged_not_dead_lettered(make_stack: object, targe
 def test_custom_routes_from_a_user_module(
     make_stack: object, target: Target, tmp_path: Path
 ) -> None:
-    (tmp_path / "myroutes.py").write_text(
+    routes = user_routes(
+        tmp_path,
+        "myroutes",
         "import httpx\n"
-        "from pipeline.routing import Route, route\n"
-        "from workers.app import app\n"
-        "from workers.base import PipelineTask\n"
         "routes = [Route('transcodes', ['notify'], tag='Transcode')]\n"
         "@route(tag='Tts', state='Success', after=['notify'])\n"
         "@app.task(base=PipelineTask, name='myroutes.mark')\n"
         "def mark(event):\n"
-        f"    httpx.post('{target.url}/mark', json={{'marked': event['job_id']}})\n"
+        f"    httpx.post('{target.url}/mark', json={{'marked': event['job_id']}})\n",
     )
-    stack = make_stack(  # type: ignore[operator]
-        CICB_NOTIFY_URLS=target.url, CICB_ROUTES="myroutes", PYTHONPATH=str(tmp_path)
-    )
+    stack = make_stack(CICB_NOTIFY_URLS=target.url, **routes)  # type: ignore[operator]
     table = json.loads(stack.cli("routes", "--json").stdout)
     assert [r["name"] for r in table][:2] == ["transcodes", "myroutes.mark"]
     assert table[1]["chain"] == ["myroutes.mark", "cicb.notify"]
@@ -222,23 +216,20 @@ def test_replay_of_a_failed_chain_step_runs_the_rest_of_the_chain(
     make_stack: object, target: Target, tmp_path: Path
 ) -> None:
     marker = tmp_path / "fixed"
-    (tmp_path / "flakyroutes.py").write_text(
+    routes = user_routes(
+        tmp_path,
+        "flakyroutes",
         "from pathlib import Path\n"
         "from pipeline.errors import PermanentError\n"
-        "from pipeline.routing import route\n"
-        "from workers.app import app\n"
-        "from workers.base import PipelineTask\n"
         "@route(tag='Tts', after=['notify'])\n"
         "@app.task(base=PipelineTask, name='flakyroutes.check')\n"
         "def check(event):\n"
         f"    if not Path({str(marker)!r}).exists():\n"
-        "        raise PermanentError('not fixed yet')\n"
+        "        raise PermanentError('not fixed yet')\n",
     )
-    stack = make_stack(  # type: ignore[operator]
-        CICB_NOTIFY_URLS=target.url, CICB_ROUTES="flakyroutes", PYTHONPATH=str(tmp_path)
-    )
+    stack = make_stack(CICB_NOTIFY_URLS=target.url, **routes)  # type: ignore[operator]
     assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
-    [letter] = wait_until(lambda: dead_letters(stack), what="dead letter")
+    [letter] = wait_until(stack.dead_letters, what="dead letter")
     assert letter["task"] == "flakyroutes.check"
     assert letter["reason"] == "not fixed yet"
     assert target.received == []  # the chain stopped at the failed step
@@ -247,19 +238,18 @@ def test_replay_of_a_failed_chain_step_runs_the_rest_of_the_chain(
     stack.cli("dlq", "replay", str(letter["id"]))
     [event] = target.wait_for(1)  # the step ran, then the rest of its chain
     assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
 
 
 def test_a_users_action_is_retried_with_backoff_then_its_chain_goes_on(
     make_stack: object, target: Target, tmp_path: Path
 ) -> None:
     tries = tmp_path / "tries"
-    (tmp_path / "useractions.py").write_text(
+    routes = user_routes(
+        tmp_path,
+        "useractions",
         "from pathlib import Path\n"
         "from pipeline.errors import TransientError\n"
-        "from pipeline.routing import route\n"
-        "from workers.app import app\n"
-        "from workers.base import PipelineTask\n"
         "@route(tag='Tts', after=['notify'])\n"
         "@app.task(base=PipelineTask, name='useractions.index')\n"
         "def index(event):\n"
@@ -267,18 +257,17 @@ def test_a_users_action_is_retried_with_backoff_then_its_chain_goes_on(
         "    with tries.open('a') as f:\n"
         "        f.write('x')\n"
         "    if len(tries.read_text()) < 3:\n"
-        "        raise TransientError('index busy')\n"
+        "        raise TransientError('index busy')\n",
     )
     stack = make_stack(  # type: ignore[operator]
         CICB_NOTIFY_URLS=target.url,
         CICB_NOTIFY_SECRET=WEBHOOK_SECRET,
-        CICB_ROUTES="useractions",
-        PYTHONPATH=str(tmp_path),
+        **routes,
     )
     assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
     [event] = target.wait_for(1, timeout_s=60)
     assert tries.read_text() == "xxx"  # two transient failures, then success
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
     [request] = target.received
     headers = {k.lower(): v for k, v in request["headers"].items()}
     assert Webhook(WEBHOOK_SECRET).verify(request["body"], headers) == event

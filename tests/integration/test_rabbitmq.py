@@ -27,7 +27,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,18 +188,13 @@ def amqp_url(rabbitmq: RabbitMQ) -> str:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, amqp_url: str, broker_url: str, target: Target) -> Iterator[Stack]:
+def stack(
+    make_stack: Callable[..., Stack], amqp_url: str, broker_url: str, target: Target
+) -> Stack:
     """A worker and a receiver on RabbitMQ, with Redis (Valkey) beside it, notifying ``target``."""
-    env = cicb_env(amqp_url, CICB_REDIS_URL=broker_url, CICB_NOTIFY_URLS=target.url)
-    worker = start_worker(env, tmp_path / "worker.log")
-    try:
-        receiver, url = start_receiver(env, tmp_path / "receiver.log")
-        try:
-            yield Stack(env=env, url=url, worker=worker, receiver=receiver)
-        finally:
-            receiver.stop()
-    finally:
-        worker.stop()
+    return make_stack(
+        CICB_BROKER_URL=amqp_url, CICB_REDIS_URL=broker_url, CICB_NOTIFY_URLS=target.url
+    )
 
 
 def tts_callback(job_id: str) -> bytes:
@@ -215,19 +210,12 @@ def post(url: str, body: bytes, timeout_s: float = 10) -> httpx.Response:
     )
 
 
-def dead_letters(stack: Stack) -> list[dict[str, object]]:
-    listed: dict[str, list[dict[str, object]]] = json.loads(
-        stack.cli("dlq", "list", "--json").stdout
-    )
-    return listed["dead_letters"]
-
-
 def test_callbacks_posted_together_are_each_notified_once(stack: Stack, target: Target) -> None:
     job_ids = [f"j{uuid.uuid4().hex}" for _ in range(6)]
     bodies = [tts_callback(job_id) for job_id in job_ids]
     bodies.append(bodies[0])  # Tencent sends a callback again: one notification all the same
     with ThreadPoolExecutor(len(bodies)) as pool:
-        responses = list(pool.map(lambda body: post(stack.url, body), bodies))
+        responses = list(pool.map(stack.post, bodies))
     assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
     assert {r.json()["status"] for r in responses} == {"accepted"}
 
@@ -245,16 +233,16 @@ def test_callbacks_posted_together_are_each_notified_once(stack: Stack, target: 
     metrics = httpx.get(f"{stack.url}/metrics").text  # counted in Redis, read by the receiver
     assert f'cicb_callbacks_total{{outcome="dispatched"}} {len(job_ids)}.0' in metrics
     assert 'cicb_callbacks_total{outcome="duplicate"} 1.0' in metrics
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
 
 
 def test_a_malformed_body_is_dead_lettered_on_rabbitmq_with_its_bytes(
     stack: Stack, target: Target
 ) -> None:
     garbage = b"\x00\xffnot a callback\r\n" + bytes(range(256))
-    assert post(stack.url, garbage).status_code == 200
+    assert stack.post(garbage).status_code == 200
 
-    [letter] = wait_until(lambda: dead_letters(stack), what="a dead letter")
+    [letter] = wait_until(stack.dead_letters, what="a dead letter")
     assert letter["task"] == "cicb.ingest"
     assert letter["queue"] == INGEST_QUEUE
     assert letter["error"] == "ParseError"
@@ -267,15 +255,15 @@ def test_a_malformed_body_is_dead_lettered_on_rabbitmq_with_its_bytes(
     assert shown == garbage
     record = json.loads(stack.cli("dlq", "show", str(letter["id"])).stdout)
     assert "UTF-8" in record["reason"] and record["reason"] == letter["reason"]
-    assert dead_letters(stack) == [letter]  # reading a dead letter leaves it on the queue
+    assert stack.dead_letters() == [letter]  # reading a dead letter leaves it on the queue
 
     assert "replayed 1" in stack.cli("dlq", "replay", str(letter["id"])).stdout
     [again] = wait_until(
-        lambda: [d for d in dead_letters(stack) if d["id"] != letter["id"]], what="replayed"
+        lambda: [d for d in stack.dead_letters() if d["id"] != letter["id"]], what="replayed"
     )
-    assert [d["id"] for d in dead_letters(stack)] == [again["id"]]
+    assert [d["id"] for d in stack.dead_letters()] == [again["id"]]
     assert "purged 1" in stack.cli("dlq", "purge", "--yes").stdout
-    assert dead_letters(stack) == []
+    assert stack.dead_letters() == []
     assert target.received == []
 
 

@@ -28,6 +28,7 @@ from tests.support import (
     cicb_env,
     start_receiver,
     start_worker,
+    user_routes,
     wait_until,
 )
 
@@ -246,25 +247,18 @@ def test_a_message_the_transport_drops_is_published_again(
 def test_sigterm_lets_a_worker_finish_or_return_its_tasks(
     broker: Broker, target: Target, tmp_path: Path
 ) -> None:
-    (tmp_path / "slowroutes.py").write_text(
+    routes = user_routes(
+        tmp_path,
+        "slowroutes",
         "import time\n"
         "from pipeline import logs\n"
-        "from pipeline.routing import route\n"
-        "from workers.app import app\n"
-        "from workers.base import PipelineTask\n"
         "@route(tag='Tts', after=['notify'])\n"
         "@app.task(base=PipelineTask, name='slowroutes.render')\n"
         "def render(event):\n"
         "    logs.get_logger('slow').info('render.started')\n"
-        "    time.sleep(2)\n"
+        "    time.sleep(2)\n",
     )
-    env = cicb_env(
-        broker.url,
-        CICB_NOTIFY_URLS=target.url,
-        CICB_ROUTES="slowroutes",
-        PYTHONPATH=str(tmp_path),
-        **FAST_RECOVERY,
-    )
+    env = cicb_env(broker.url, CICB_NOTIFY_URLS=target.url, **routes, **FAST_RECOVERY)
     receiver, url = start_receiver(env, tmp_path / "receiver.log")
     first = start_worker(env, tmp_path / "worker0.log")
     try:
