@@ -1,0 +1,220 @@
+"""The in-process worker tier: cicb's real Celery app, run by a worker thread
+(``celery.contrib.testing.worker.start_worker``) on a Valkey server of its own, with real
+HTTP notify targets. Faster than the subprocess stacks, and it runs the same code: the
+task base, the guard, the in-flight records, dead letters.
+
+``workers`` reads its settings when imported, so the environment is set first, once for the
+session; each test starts from empty cicb keys and queues.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from pipeline.broker import Publisher
+from pipeline.deadletter import DeadLetter, DeadLetterQueue
+from pipeline.envelope import Envelope
+from pipeline.settings import get_settings
+from tests.support import Broker, wait_until
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "tts_success.xml"
+SAMPLE_JOB_ID = b"j707f4864f86811ecb90d0b03267ce0e5"
+
+# Short enough for a test to see retries; the visibility timeout stays above the cap.
+TIER_SETTINGS = {
+    "CICB_RETRY_BACKOFF_S": "1",
+    "CICB_RETRY_BACKOFF_MAX_S": "2",
+    "CICB_MAX_RETRIES": "2",
+    "CICB_MAX_DELIVERIES": "3",
+    "CICB_VISIBILITY_TIMEOUT_S": "30",
+    "CICB_ROUTES": "tests.workers.steps",
+    "CICB_LOG_FORMAT": "json",
+}
+QUEUES = ("ingest", "actions", "dead_letter")
+
+
+@dataclass
+class Targets:
+    """Two notify targets (``/a`` and ``/b``) on one HTTP server, answering what they are
+    told, path by path, and recording every request with its arrival time."""
+
+    base_url: str
+    received: list[dict[str, Any]] = field(default_factory=list)
+    replies: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def urls(self) -> tuple[str, str]:
+        return f"{self.base_url}/a", f"{self.base_url}/b"
+
+    def reset(self) -> None:
+        with self.lock:
+            self.received.clear()
+            self.replies.clear()
+
+    def reply(self, path: str, *answers: tuple[int, dict[str, str]]) -> None:
+        """Answer the next requests to ``path`` with these (status, headers); 200 after."""
+        with self.lock:
+            self.replies.setdefault(path, []).extend(answers)
+
+    def answer(self, path: str) -> tuple[int, dict[str, str]]:
+        with self.lock:
+            queued = self.replies.get(path)
+            return queued.pop(0) if queued else (200, {})
+
+    def paths(self, job_id: str | None = None) -> list[str]:
+        """The path of every request, in arrival order (for one job's events if given)."""
+        with self.lock:
+            return [
+                r["path"] for r in self.received if job_id is None or job_id in r["body"].decode()
+            ]
+
+    def arrivals(self, path: str) -> list[float]:
+        with self.lock:
+            return [r["at"] for r in self.received if r["path"] == path]
+
+
+def _serve(targets: Targets, server: ThreadingHTTPServer) -> None:
+    import time
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, headers = targets.answer(self.path)
+            with targets.lock:
+                targets.received.append(
+                    {"path": self.path, "body": body, "status": status, "at": time.time()}
+                )
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    server.serve_forever(0.05)
+
+
+@dataclass
+class Tier:
+    """What a worker-tier test works with."""
+
+    redis: redis.Redis
+    targets: Targets
+    app: Any
+    publisher: Publisher
+
+    @staticmethod
+    def callback(job_id: str, *, tag: str = "Tts", state: str = "Success") -> bytes:
+        """A TTS callback from the project's sample, as job ``job_id`` with ``tag``, ``state``."""
+        body = SAMPLE.read_bytes().replace(SAMPLE_JOB_ID, job_id.encode())
+        body = body.replace(b"<Tag>Tts</Tag>", f"<Tag>{tag}</Tag>".encode())
+        return body.replace(b"<State>Success</State>", f"<State>{state}</State>".encode())
+
+    def ingest(self, body: bytes, *, task_id: str | None = None) -> str:
+        """Put ``body`` on ``ingest`` as the receiver does; return the task id."""
+        envelope = Envelope.received_now(
+            body, content_type="application/xml", remote_addr="127.0.0.1", request_id="req-1"
+        ).to_json()
+        if task_id is None:
+            return self.publisher.ingest(envelope)
+        self.app.send_task("cicb.ingest", args=[envelope], queue="ingest", task_id=task_id)
+        return task_id
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return DeadLetterQueue(self.app.connection_for_write).entries()
+
+    def wait_for_dead_letters(self, count: int, timeout_s: float = 20) -> list[DeadLetter]:
+        return list(
+            wait_until(
+                lambda: (d := self.dead_letters()) and len(d) >= count and d,
+                timeout_s=timeout_s,
+                what=f"{count} dead letter(s)",
+            )
+        )
+
+    def runs(self) -> list[str]:
+        from tests.workers.steps import RUNS_KEY
+
+        return [r.decode() for r in self.redis.lrange(RUNS_KEY, 0, -1)]
+
+    def inflight(self) -> int:
+        return int(self.redis.zcard("cicb:inflight"))
+
+    def idle(self, timeout_s: float = 20) -> None:
+        """Wait until every message published so far has finished (none kept in flight)."""
+        wait_until(lambda: self.inflight() == 0, timeout_s=timeout_s, what="nothing in flight")
+
+
+@pytest.fixture(scope="session")
+def tier_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
+    from celery.contrib.testing.worker import start_worker
+
+    # workers read their settings when imported: imported before this, they would hold
+    # another environment's.
+    assert "workers.app" not in sys.modules, "workers.app was imported before the worker tier"
+    broker = Broker(tmp_path_factory.mktemp("tier-valkey"), persistent=False)
+    broker.start()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    targets = Targets(base_url=f"http://127.0.0.1:{server.server_address[1]}")
+    threading.Thread(target=_serve, args=(targets, server), daemon=True).start()
+    saved = {k: v for k, v in os.environ.items() if k.startswith("CICB_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(
+        TIER_SETTINGS, CICB_BROKER_URL=broker.url, CICB_NOTIFY_URLS=",".join(targets.urls)
+    )
+    get_settings.cache_clear()
+    app = importlib.import_module("workers.app").app
+    importlib.import_module("workers.tasks")
+    importlib.import_module("workers.actions")
+    importlib.import_module("tests.workers.steps")
+    client = redis.Redis.from_url(broker.url)
+    publisher = Publisher(get_settings())
+    try:
+        with start_worker(
+            app,
+            pool="solo",
+            concurrency=1,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            shutdown_timeout=30,
+        ):
+            yield Tier(redis=client, targets=targets, app=app, publisher=publisher)
+    finally:
+        publisher.close()
+        client.close()
+        server.shutdown()
+        server.server_close()
+        broker.stop()
+        for name in [k for k in os.environ if k.startswith("CICB_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def tier(tier_session: Tier) -> Iterator[Tier]:
+    """The session's tier, with the previous test's work finished and its traces gone."""
+    tier_session.idle()
+    for pattern in ("cicb:*",):
+        keys = list(tier_session.redis.scan_iter(pattern))
+        if keys:
+            tier_session.redis.delete(*keys)
+    tier_session.redis.delete(*QUEUES)
+    tier_session.targets.reset()
+    yield tier_session

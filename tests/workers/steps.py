@@ -1,0 +1,45 @@
+"""The route module the worker tier runs with (``CICB_ROUTES=tests.workers.steps``).
+
+Callbacks tagged ``Steps`` run a two-step chain whose steps record each run in Redis, so a
+test can count how many times each step ran; ``Failing`` runs a step that always fails for
+now, to use up its retries; ``Broken`` names a task no worker has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.errors import TransientError
+from pipeline.routing import Route
+from workers.app import app
+from workers.base import PipelineTask
+from workers.stores import client
+
+RUNS_KEY = "cicb:test:runs"
+
+routes = [
+    Route("steps", ["tests.first", "tests.second"], tag="Steps"),
+    Route("failing", ["tests.failing"], tag="Failing"),
+    Route("broken", ["tests.nobody"], tag="Broken"),
+]
+
+
+def _record(step: str, event: dict[str, Any]) -> None:
+    assert client is not None
+    client.rpush(RUNS_KEY, f"{step}:{event['job_id']}")
+
+
+@app.task(base=PipelineTask, name="tests.first")
+def first(event: dict[str, Any]) -> None:
+    _record("first", event)
+
+
+@app.task(base=PipelineTask, name="tests.second")
+def second(event: dict[str, Any]) -> None:
+    _record("second", event)
+
+
+@app.task(base=PipelineTask, name="tests.failing")
+def failing(event: dict[str, Any]) -> None:
+    _record("failing", event)
+    raise TransientError("the peer is away")

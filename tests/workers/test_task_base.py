@@ -1,0 +1,80 @@
+"""``PipelineTask``, run by a real worker: a bound on redeliveries, one run per finished
+message, retries with the shared backoff, and dead letters that keep the work whole."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main as cicb
+from tests.support import wait_until
+from tests.workers.conftest import Tier
+
+MAX_DELIVERIES = 3
+MAX_RETRIES = 2
+
+
+def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_not_run(tier: Tier) -> None:
+    # Three earlier deliveries of this message never finished: each killed its worker.
+    tier.redis.set("cicb:deliveries:t-deadly:0", MAX_DELIVERIES)
+    tier.ingest(tier.callback("jdeadly", tag="Steps"), task_id="t-deadly")
+    [letter] = tier.wait_for_dead_letters(1)
+    assert letter.task == "cicb.ingest"
+    assert letter.error == "RedeliveryLimit"
+    assert f"delivered {MAX_DELIVERIES + 1} times" in letter.reason
+    assert letter.queue == "ingest"
+    tier.idle()
+    assert tier.runs() == []
+    # It never ran, so nothing holds its key: a replay runs its route.
+    assert tier.redis.get("cicb:dedup:TaskFinish:jdeadly:Success") is None
+    result = CliRunner().invoke(cicb, ["dlq", "replay", letter.id])
+    assert result.exit_code == 0, result.output
+    wait_until(lambda: len(tier.runs()) == 2, what="the replayed route")
+    assert tier.runs() == ["first:jdeadly", "second:jdeadly"]
+    assert tier.dead_letters() == []
+
+
+def test_a_message_delivered_up_to_the_limit_still_runs(tier: Tier) -> None:
+    tier.redis.set("cicb:deliveries:t-lucky:0", MAX_DELIVERIES - 1)
+    tier.ingest(tier.callback("jlucky", tag="Steps"), task_id="t-lucky")
+    wait_until(lambda: len(tier.runs()) == 2, what="the route")
+    tier.idle()
+    assert tier.dead_letters() == []
+
+
+def test_a_finished_message_delivered_again_is_not_run_again(
+    tier: Tier, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its worker died after the task finished and before the ack.
+    tier.redis.set("cicb:done:t-finished", 1)
+    tier.ingest(tier.callback("jfinished", tag="Steps"), task_id="t-finished")
+    tier.idle()
+    assert tier.runs() == []
+    assert tier.redis.get("cicb:dedup:TaskFinish:jfinished:Success") is None
+    assert any(
+        isinstance(r.msg, dict) and r.msg.get("event") == "task.already_completed"
+        for r in caplog.records
+    )
+
+
+def test_a_finished_task_is_recorded_and_no_longer_kept(tier: Tier) -> None:
+    task_id = tier.ingest(tier.callback("jrecorded", tag="Steps"))
+    wait_until(lambda: len(tier.runs()) == 2, what="the route")
+    tier.idle()
+    assert tier.redis.exists(f"cicb:done:{task_id}") == 1
+    assert tier.redis.ttl(f"cicb:done:{task_id}") > 3600
+    assert tier.redis.hlen("cicb:inflight:messages") == 0
+
+
+def test_a_transient_error_is_retried_then_dead_lettered_with_its_work(tier: Tier) -> None:
+    tier.ingest(tier.callback("jflaky", tag="Failing"))
+    [letter] = tier.wait_for_dead_letters(1)
+    assert tier.runs() == ["failing:jflaky"] * (MAX_RETRIES + 1)
+    assert letter.task == "tests.failing"
+    assert letter.queue == "actions"
+    assert letter.error == "TransientError"
+    assert letter.reason == "the peer is away"
+    assert letter.attempts == MAX_RETRIES + 1
+    assert letter.args[0]["job_id"] == "jflaky"
+    tier.idle()  # dead-lettered work is no longer kept in flight
+    assert int(tier.redis.hget("cicb:counters", "dead_lettered") or 0) == 1
