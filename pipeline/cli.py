@@ -13,11 +13,13 @@ import click
 import httpx
 
 from pipeline import processes
-from pipeline.broker import Publisher, connection
-from pipeline.deadletter import DeadLetter, DeadLetterQueue
+from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
+from pipeline.brokers.kind import kind_of
+from pipeline.brokers.queues import connection
 from pipeline.errors import PipelineError
-from pipeline.events import Event
-from pipeline.parsing import FormatOption, parse
+from pipeline.parsing import parse
+from pipeline.parsing.events import Event
+from pipeline.parsing.reader import FormatOption
 from pipeline.routing import RouteTable, table_for
 from pipeline.settings import Settings, get_settings
 
@@ -62,6 +64,9 @@ def _one_or_many(items: list[Any]) -> Any:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Receive Tencent Cloud Infinite job callbacks and act on them with Celery."""
+    # Find the modules named in CICB_ROUTES from the current directory, as `celery -A` does.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 @main.command()
@@ -98,7 +103,7 @@ def receiver(workers: int) -> None:
     # then raises the signal again with the handler it found: exit 0 then, a clean stop.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
-        "pipeline.receiver:create_app",
+        "pipeline.receiver.app:create_app",
         factory=True,
         host=settings.receiver_host,
         port=settings.receiver_port,
@@ -119,6 +124,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker on ingest and actions (extra arguments go to celery worker)."""
     from workers.app import app
 
+    _settings()  # a bad setting stops it here, with the reason
     argv = processes.WORKER_COMMAND.split()[3:]  # after "celery -A workers.app"
     app.worker_main([*argv, *celery_args])
 
@@ -286,7 +292,7 @@ def dlq_replay(dead_letter_id: str | None, replay_all: bool) -> None:
     if bool(dead_letter_id) == replay_all:
         _fail("give a dead letter ID or --all", code=2)
     settings = _settings()
-    publisher = Publisher(settings)
+    publisher = kind_of(settings).publisher(settings)
 
     def resend(letter: DeadLetter) -> None:
         publisher.send(

@@ -11,7 +11,15 @@ from typing import Any
 
 
 class PipelineError(Exception):
-    """Root of every error cicb raises on purpose."""
+    """Root of every error cicb raises on purpose.
+
+    ``replay_kwargs``: keyword arguments a retry or a replay of the failed task must carry
+    (the notify targets still pending, for example); the task base reads them.
+    """
+
+    @property
+    def replay_kwargs(self) -> dict[str, Any]:
+        return {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Celery pickles a failing task's exception and, if that does not round-trip,
@@ -32,7 +40,9 @@ class PermanentError(PipelineError):
 
 
 class TransientError(PipelineError):
-    """A passing failure; retry with backoff."""
+    """A passing failure; retry with backoff, waiting at least ``retry_after_s`` if set."""
+
+    retry_after_s: float | None = None
 
 
 class ParseError(PermanentError):

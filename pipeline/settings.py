@@ -2,6 +2,9 @@
 
 ``get_settings()`` is the only reader of ``os.environ`` in cicb; everything else takes a
 ``Settings``. Units are in the names (``_s`` seconds, ``_bytes`` bytes).
+
+Each setting is declared once, as a field made by ``setting()``: its variable, parser,
+default and whether it is secret. ``Settings.from_env`` reads them all in one loop.
 """
 
 from __future__ import annotations
@@ -9,73 +12,163 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
 
-DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
-DEFAULT_RECEIVER_PORT = 8080
-DEFAULT_FLOWER_PORT = 5555
-DEFAULT_EMBEDDED_BROKER_PORT = 6390
-DEFAULT_NOTIFY_TIMEOUT_S = 10.0
-DEFAULT_MAX_RETRIES = 8
-DEFAULT_RETRY_BACKOFF_S = 2
-DEFAULT_RETRY_BACKOFF_MAX_S = 600
-DEFAULT_VISIBILITY_TIMEOUT_S = 7200
-DEFAULT_PREFETCH_MULTIPLIER = 8
-DEFAULT_RETRY_MAX_ATTEMPTS = 2
-DEFAULT_BODY_TIMEOUT_S = 10.0
-DEFAULT_DEDUP_TTL_S = 7 * 24 * 3600
-DEFAULT_MAX_DELIVERIES = 3
+T = TypeVar("T")
+# A parser gets the variable's name (for its error) and raw value. None means "not set"
+# (blank, or 0 for a count): the field keeps its default.
+Parser = Callable[[str, str], Any]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_EMBEDDED_BROKER_PORT = 6390  # also in broker_url's default
+
+# host, IPv4 or [IPv6], then an optional port: what the COS SDK takes as its Domain.
+_HOST_PORT = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+)
 
 
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+def setting(name: str, *, default: T, parse: Parser, secret: bool = False) -> T:
+    """A ``Settings`` field read from ``CICB_<name>`` by ``parse``; a secret stays out of
+    the repr and is listed by ``Settings.secrets()``."""
+    metadata = {"env": f"CICB_{name}", "parse": parse, "secret": secret}
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+def text(env: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def verbatim(env: str, raw: str) -> str | None:
+    return raw or None  # not trimmed: a secret's spaces are its own
+
+
+def upper(env: str, raw: str) -> str | None:
+    return raw.strip().upper() or None
+
+
+def path(env: str, raw: str) -> Path | None:
+    return Path(raw.strip()) if raw.strip() else None
+
+
+def is_set(env: str, raw: str) -> bool:
+    return bool(raw.strip())
+
+
+def comma_list(env: str, raw: str) -> tuple[str, ...]:
+    """Trimmed items, empty ones skipped: a variable set but blank is ``()``, not unset."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _number(convert: Callable[[str], T], what: str) -> Callable[[str, str], T | None]:
+    def parse(env: str, raw: str) -> T | None:
+        if not (raw := raw.strip()):
+            return None
+        try:
+            return convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{env} must be {what}: {raw!r}") from exc
+
+    return parse
+
+
+integer = _number(int, "an integer")
+seconds = _number(float, "a number of seconds")
+
+
+def count(env: str, raw: str) -> int | None:
+    return integer(env, raw) or None  # 0 means "not set"
+
+
+def _endpoint_parts(endpoint: str) -> tuple[str, str]:
+    scheme, sep, netloc = endpoint.partition("://")
+    if not sep:
+        # "host:port" is no URL to urlsplit: "host" would be its scheme.
+        scheme, netloc = "https", endpoint
+    scheme, netloc = scheme.lower(), netloc.removesuffix("/")
+    if scheme not in ("http", "https") or not _HOST_PORT.fullmatch(netloc):
+        raise ConfigError(
+            f"CICB_CI_ENDPOINT must be host[:port] or http(s)://host[:port]: {endpoint!r}"
+        )
+    return netloc, scheme
+
+
+def _embedded_broker_url(port: int) -> str:
+    return f"redis://{DEFAULT_HOST}:{port}/0"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """cicb's configuration. Build it with ``from_env``; tests build it directly."""
 
-    broker_url: str = f"redis://127.0.0.1:{DEFAULT_EMBEDDED_BROKER_PORT}/0"
-    broker_configured: bool = False
-    redis_url: str | None = None
-    receiver_host: str = "127.0.0.1"
-    receiver_port: int = DEFAULT_RECEIVER_PORT
-    receiver_token: str | None = field(default=None, repr=False)
-    receiver_tokens: tuple[str, ...] = field(default=(), repr=False)
-    receiver_url: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-    allowed_cidrs: tuple[str, ...] = ()
-    proxy_header: str | None = None
-    dedup_ttl_s: int = DEFAULT_DEDUP_TTL_S
-    max_deliveries: int = DEFAULT_MAX_DELIVERIES
-    notify_urls: tuple[str, ...] = ()
-    notify_timeout_s: float = DEFAULT_NOTIFY_TIMEOUT_S
-    notify_secret: str | None = field(default=None, repr=False)
-    routes_modules: tuple[str, ...] = ()
-    copy_dest: str | None = None
-    s3_endpoint_url: str | None = None
-    cos_secret_id: str | None = field(default=None, repr=False)
-    cos_secret_key: str | None = field(default=None, repr=False)
-    ci_endpoint: str | None = None
-    retry_max_attempts: int = DEFAULT_RETRY_MAX_ATTEMPTS
-    retry_never_codes: tuple[str, ...] | None = None
-    max_retries: int = DEFAULT_MAX_RETRIES
-    retry_backoff_s: int = DEFAULT_RETRY_BACKOFF_S
-    retry_backoff_max_s: int = DEFAULT_RETRY_BACKOFF_MAX_S
-    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
-    prefetch_multiplier: int = DEFAULT_PREFETCH_MULTIPLIER
-    worker_concurrency: int | None = None
-    flower_host: str = "127.0.0.1"
-    flower_port: int = DEFAULT_FLOWER_PORT
-    embedded_broker_port: int = DEFAULT_EMBEDDED_BROKER_PORT
-    data_dir: Path = Path(".cicb")
-    log_level: str = "INFO"
-    log_format: str = "auto"
+    # Broker and state. broker_url's default is derived (see from_env): without
+    # CICB_BROKER_URL, cicb talks to the embedded broker on CICB_EMBEDDED_BROKER_PORT.
+    broker_url: str = setting(
+        "BROKER_URL", default=_embedded_broker_url(DEFAULT_EMBEDDED_BROKER_PORT), parse=text
+    )
+    broker_configured: bool = setting("BROKER_URL", default=False, parse=is_set)
+    redis_url: str | None = setting("REDIS_URL", default=None, parse=text)
+    # Receiver.
+    receiver_host: str = setting("RECEIVER_HOST", default=DEFAULT_HOST, parse=text)
+    receiver_port: int = setting("RECEIVER_PORT", default=8080, parse=integer)
+    receiver_token: str | None = setting(
+        "RECEIVER_TOKEN", default=None, parse=verbatim, secret=True
+    )
+    receiver_tokens: tuple[str, ...] = setting(
+        "RECEIVER_TOKENS", default=(), parse=comma_list, secret=True
+    )
+    receiver_url: str | None = setting("RECEIVER_URL", default=None, parse=verbatim)
+    max_body_bytes: int = setting("MAX_BODY_BYTES", default=5 * 1024 * 1024, parse=integer)
+    body_timeout_s: float = setting("BODY_TIMEOUT_S", default=10.0, parse=seconds)
+    allowed_cidrs: tuple[str, ...] = setting("ALLOWED_CIDRS", default=(), parse=comma_list)
+    proxy_header: str | None = setting("PROXY_HEADER", default=None, parse=text)
+    # Deduplication and delivery.
+    dedup_ttl_s: int = setting("DEDUP_TTL_S", default=7 * 24 * 3600, parse=integer)
+    max_deliveries: int = setting("MAX_DELIVERIES", default=3, parse=integer)
+    # Notify.
+    notify_urls: tuple[str, ...] = setting("NOTIFY_URLS", default=(), parse=comma_list)
+    notify_timeout_s: float = setting("NOTIFY_TIMEOUT_S", default=10.0, parse=seconds)
+    notify_secret: str | None = setting("NOTIFY_SECRET", default=None, parse=verbatim, secret=True)
+    # Routing.
+    routes_modules: tuple[str, ...] = setting("ROUTES", default=(), parse=comma_list)
+    # Copy.
+    copy_dest: str | None = setting("COPY_DEST", default=None, parse=text)
+    s3_endpoint_url: str | None = setting("S3_ENDPOINT_URL", default=None, parse=text)
+    # CI API and resubmit. No CICB_RETRY_NEVER_CODES (None) means resubmit's own list.
+    cos_secret_id: str | None = setting("COS_SECRET_ID", default=None, parse=verbatim, secret=True)
+    cos_secret_key: str | None = setting(
+        "COS_SECRET_KEY", default=None, parse=verbatim, secret=True
+    )
+    ci_endpoint: str | None = setting("CI_ENDPOINT", default=None, parse=text)
+    retry_max_attempts: int = setting("RETRY_MAX_ATTEMPTS", default=2, parse=integer)
+    retry_never_codes: tuple[str, ...] | None = setting(
+        "RETRY_NEVER_CODES", default=None, parse=comma_list
+    )
+    # Retries of tasks.
+    max_retries: int = setting("MAX_RETRIES", default=8, parse=integer)
+    retry_backoff_s: int = setting("RETRY_BACKOFF_S", default=2, parse=integer)
+    retry_backoff_max_s: int = setting("RETRY_BACKOFF_MAX_S", default=600, parse=integer)
+    visibility_timeout_s: int = setting("VISIBILITY_TIMEOUT_S", default=7200, parse=integer)
+    # Worker. No concurrency (or 0) leaves Celery's default, the CPU count.
+    prefetch_multiplier: int = setting("PREFETCH_MULTIPLIER", default=8, parse=integer)
+    worker_concurrency: int | None = setting("WORKER_CONCURRENCY", default=None, parse=count)
+    # Flower.
+    flower_host: str = setting("FLOWER_HOST", default=DEFAULT_HOST, parse=text)
+    flower_port: int = setting("FLOWER_PORT", default=5555, parse=integer)
+    # Embedded broker and data.
+    embedded_broker_port: int = setting(
+        "EMBEDDED_BROKER_PORT", default=DEFAULT_EMBEDDED_BROKER_PORT, parse=integer
+    )
+    data_dir: Path = setting("DATA_DIR", default=Path(".cicb"), parse=path)  # noqa: RUF009
+    # Logging.
+    log_level: str = setting("LOG_LEVEL", default="INFO", parse=upper)
+    log_format: str = setting("LOG_FORMAT", default="auto", parse=text)
 
     def __post_init__(self) -> None:
         if self.visibility_timeout_s <= self.retry_backoff_max_s:
@@ -93,15 +186,22 @@ class Settings:
             raise ConfigError("CICB_MAX_DELIVERIES must be at least 1")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"CICB_LOG_FORMAT must be auto, json or console: {self.log_format}")
-
-    @property
-    def broker_is_redis(self) -> bool:
-        return _is_redis(self.broker_url)
+        if self.ci_endpoint is not None:
+            _endpoint_parts(self.ci_endpoint)
 
     @property
     def cos_configured(self) -> bool:
         """Whether cicb can call CI's API (``retry_job`` needs it)."""
         return bool(self.cos_secret_id and self.cos_secret_key)
+
+    @property
+    def ci_endpoint_parts(self) -> tuple[str, str] | None:
+        """``CICB_CI_ENDPOINT`` as ``(netloc, scheme)`` for the COS SDK's ``Domain`` and
+        ``Scheme`` (``https`` when none is given), or None to use CI's own endpoint.
+
+        Raises ``ConfigError`` unless it is ``host[:port]`` or ``http(s)://host[:port][/]``.
+        """
+        return None if self.ci_endpoint is None else _endpoint_parts(self.ci_endpoint)
 
     @property
     def token_file(self) -> Path:
@@ -130,82 +230,32 @@ class Settings:
         except FileNotFoundError:
             return None
 
+    def secrets(self) -> tuple[str, ...]:
+        """The non-empty values of the secret settings, in declaration order, to redact
+        from logs. Not the token file's token nor passwords inside URLs."""
+        found: list[str] = []
+        for f in fields(self):
+            if f.metadata["secret"]:
+                value = getattr(self, f.name)
+                found.extend(value if isinstance(value, tuple) else [value])
+        return tuple(dict.fromkeys(s for s in found if s))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read every ``CICB_`` variable; raise ``ConfigError`` naming a bad one."""
-
-        def text(name: str, default: str) -> str:
-            return environ.get(f"CICB_{name}", "").strip() or default
-
-        def number(name: str, default: int) -> int:
-            raw = text(name, str(default))
-            try:
-                return int(raw)
-            except ValueError as exc:
-                raise ConfigError(f"CICB_{name} must be an integer: {raw!r}") from exc
-
-        def seconds(name: str, default: float) -> float:
-            raw = text(name, str(default))
-            try:
-                return float(raw)
-            except ValueError as exc:
-                raise ConfigError(f"CICB_{name} must be a number of seconds: {raw!r}") from exc
-
-        broker = environ.get("CICB_BROKER_URL", "").strip()
-        embedded_port = number("EMBEDDED_BROKER_PORT", DEFAULT_EMBEDDED_BROKER_PORT)
-        broker_url = broker or f"redis://127.0.0.1:{embedded_port}/0"
-        redis_default = broker_url if _is_redis(broker_url) else None
-        return cls(
-            # Without a broker URL, cicb talks to the embedded broker that `cicb up` starts.
-            broker_url=broker_url,
-            redis_url=environ.get("CICB_REDIS_URL", "").strip() or redis_default,
-            broker_configured=bool(broker),
-            receiver_host=text("RECEIVER_HOST", "127.0.0.1"),
-            receiver_port=number("RECEIVER_PORT", DEFAULT_RECEIVER_PORT),
-            receiver_token=environ.get("CICB_RECEIVER_TOKEN") or None,
-            receiver_tokens=_split(environ.get("CICB_RECEIVER_TOKENS", "")),
-            receiver_url=environ.get("CICB_RECEIVER_URL") or None,
-            max_body_bytes=number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-            body_timeout_s=seconds("BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
-            allowed_cidrs=_split(environ.get("CICB_ALLOWED_CIDRS", "")),
-            proxy_header=environ.get("CICB_PROXY_HEADER", "").strip() or None,
-            dedup_ttl_s=number("DEDUP_TTL_S", DEFAULT_DEDUP_TTL_S),
-            max_deliveries=number("MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES),
-            notify_urls=_split(environ.get("CICB_NOTIFY_URLS", "")),
-            notify_timeout_s=seconds("NOTIFY_TIMEOUT_S", DEFAULT_NOTIFY_TIMEOUT_S),
-            notify_secret=environ.get("CICB_NOTIFY_SECRET") or None,
-            routes_modules=_split(environ.get("CICB_ROUTES", "")),
-            copy_dest=environ.get("CICB_COPY_DEST", "").strip() or None,
-            s3_endpoint_url=environ.get("CICB_S3_ENDPOINT_URL", "").strip() or None,
-            cos_secret_id=environ.get("CICB_COS_SECRET_ID") or None,
-            cos_secret_key=environ.get("CICB_COS_SECRET_KEY") or None,
-            ci_endpoint=environ.get("CICB_CI_ENDPOINT", "").strip() or None,
-            retry_max_attempts=number("RETRY_MAX_ATTEMPTS", DEFAULT_RETRY_MAX_ATTEMPTS),
-            retry_never_codes=(
-                _split(environ["CICB_RETRY_NEVER_CODES"])
-                if "CICB_RETRY_NEVER_CODES" in environ
-                else None
-            ),
-            max_retries=number("MAX_RETRIES", DEFAULT_MAX_RETRIES),
-            retry_backoff_s=number("RETRY_BACKOFF_S", DEFAULT_RETRY_BACKOFF_S),
-            retry_backoff_max_s=number("RETRY_BACKOFF_MAX_S", DEFAULT_RETRY_BACKOFF_MAX_S),
-            visibility_timeout_s=number("VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),
-            prefetch_multiplier=number("PREFETCH_MULTIPLIER", DEFAULT_PREFETCH_MULTIPLIER),
-            worker_concurrency=number("WORKER_CONCURRENCY", 0) or None,
-            flower_host=text("FLOWER_HOST", "127.0.0.1"),
-            flower_port=number("FLOWER_PORT", DEFAULT_FLOWER_PORT),
-            embedded_broker_port=embedded_port,
-            data_dir=Path(text("DATA_DIR", ".cicb")),
-            log_level=text("LOG_LEVEL", "INFO").upper(),
-            log_format=text("LOG_FORMAT", "auto"),
-        )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            env = f.metadata["env"]
+            raw = environ.get(env)
+            value = None if raw is None else f.metadata["parse"](env, raw)
+            values[f.name] = f.default if value is None else value
+        # The one derived default: the embedded broker's URL follows its port.
+        if not values["broker_configured"]:
+            values["broker_url"] = _embedded_broker_url(values["embedded_broker_port"])
+        return cls(**values)
 
 
 @functools.cache
 def get_settings() -> Settings:
     """The process's settings, read from the environment on first use."""
     return Settings.from_env(os.environ)
-
-
-def _is_redis(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://"))

@@ -9,89 +9,75 @@ from __future__ import annotations
 
 import functools
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline import logs
-from pipeline.copying import CopyTarget, S3Client, copy_outputs, s3_client
-from pipeline.errors import ConfigError
-from pipeline.notify import TargetsPending
-from pipeline.notify import notify as notify_targets
-from pipeline.resubmit import (
-    DEFAULT_NEVER_RETRY_CODES,
+from pipeline.actions.copying import S3Client, copy_outputs, s3_client
+from pipeline.actions.notify import notify as notify_targets
+from pipeline.actions.resubmit import (
     AttemptStore,
     NotResubmittable,
     cos_client,
     decide,
     resubmit,
 )
-from pipeline.signing import webhook_secret_bytes
-from pipeline.targets import Target
+from pipeline.errors import ConfigError
 from workers.app import app
-from workers.base import PipelineTask
-from workers.stores import settings
+from workers.base import PipelineTask, backoff_s
+from workers.resources import resources
 
 log = logs.get_logger("cicb.actions")
-
-NOTIFY_TARGETS = tuple(Target.parse(url) for url in settings.notify_urls)
-WEBHOOK_KEY = webhook_secret_bytes(settings.notify_secret) if settings.notify_secret else None
-COPY_TARGET = CopyTarget.parse(settings.copy_dest) if settings.copy_dest else None
-NEVER_RETRY_CODES = (
-    frozenset(settings.retry_never_codes)
-    if settings.retry_never_codes is not None
-    else DEFAULT_NEVER_RETRY_CODES
-)
 
 
 @functools.cache
 def http_client() -> httpx.Client:
-    return httpx.Client(timeout=settings.notify_timeout_s, follow_redirects=False)
+    return httpx.Client(timeout=resources().settings.notify_timeout_s, follow_redirects=False)
 
 
 @functools.cache
 def s3_for(region: str | None) -> S3Client:
-    return s3_client(region, endpoint_url=settings.s3_endpoint_url)
+    return s3_client(region, endpoint_url=resources().settings.s3_endpoint_url)
 
 
 @functools.cache
 def attempt_store() -> AttemptStore:
-    if not settings.redis_url:
+    state_url = resources().kind.state_url
+    if not state_url:
         raise ConfigError("retry_job keeps attempt counts in Redis: set CICB_REDIS_URL")
-    return AttemptStore.from_url(settings.redis_url)
+    return AttemptStore.from_url(state_url)
 
 
 def ci_client(region: str) -> Any:
     """The COS SDK client for CI in ``region`` (or at ``CICB_CI_ENDPOINT``)."""
+    settings = resources().settings
     if not (settings.cos_secret_id and settings.cos_secret_key):
         raise ConfigError("retry_job is not configured: set CICB_COS_SECRET_ID/SECRET_KEY")
-    endpoint = urlsplit(settings.ci_endpoint) if settings.ci_endpoint else None
+    netloc, scheme = settings.ci_endpoint_parts or (None, "https")
     return cos_client(
         secret_id=settings.cos_secret_id,
         secret_key=settings.cos_secret_key,
         region=region,
-        endpoint=endpoint.netloc if endpoint else None,
-        scheme=endpoint.scheme if endpoint else "https",
+        endpoint=netloc,
+        scheme=scheme,
     )
 
 
-@app.task(base=PipelineTask, bind=True, name="cicb.notify")
-def notify(self: PipelineTask, event: dict[str, Any], pending: list[str] | None = None) -> int:
+@app.task(base=PipelineTask, name="cicb.notify")
+def notify(event: dict[str, Any], pending: list[str] | None = None) -> int:
     """Notify ``CICB_NOTIFY_URLS`` of the event (on a retry or replay, the targets pending)."""
     logs.bind_event(event)
-    targets = NOTIFY_TARGETS
+    res = resources()
+    targets = res.notify_targets
     if pending is not None:
-        targets = tuple(t for t in NOTIFY_TARGETS if t.id in pending)
+        targets = tuple(t for t in res.notify_targets if t.id in pending)
         if gone := set(pending) - {t.id for t in targets}:
             log.warning("notify.targets_gone", target_ids=sorted(gone))
     if not targets:
         log.warning("notify.no_targets")
         return 0
-    try:
-        notify_targets(http_client(), targets, event, webhook_key=WEBHOOK_KEY)
-    except TargetsPending as exc:
-        self.retry_later(exc, at_least_s=exc.retry_after_s, pending=exc.pending)
+    # Targets failing for now raise TargetsPending: the task base retries only them.
+    notify_targets(http_client(), targets, event, webhook_key=res.webhook_key)
     log.info("notified", targets=[t.describe() for t in targets])
     return len(targets)
 
@@ -100,9 +86,10 @@ def notify(self: PipelineTask, event: dict[str, Any], pending: list[str] | None 
 def copy_output(event: dict[str, Any]) -> list[dict[str, Any]]:
     """Copy the event's outputs to ``CICB_COPY_DEST``, server side; skip what is already there."""
     logs.bind_event(event)
-    if COPY_TARGET is None:
+    target = resources().copy_target
+    if target is None:
         raise ConfigError("copy_output is not configured: set CICB_COPY_DEST")
-    results = [r.to_dict() for r in copy_outputs(event, target=COPY_TARGET, client_for=s3_for)]
+    results = [r.to_dict() for r in copy_outputs(event, target=target, client_for=s3_for)]
     log.info("outputs_copied", copies=results)
     return results
 
@@ -111,22 +98,18 @@ def copy_output(event: dict[str, Any]) -> list[dict[str, Any]]:
 def retry_job(event: dict[str, Any]) -> str:
     """Resubmit a Failed job after a backoff, or give up (dead letter) with the reason."""
     logs.bind_event(event)
+    res = resources()
     decision = decide(
         event,
         attempts=attempt_store(),
-        max_attempts=settings.retry_max_attempts,
-        never_codes=NEVER_RETRY_CODES,
+        max_attempts=res.settings.retry_max_attempts,
+        never_codes=res.never_retry_codes,
     )
     if decision.gave_up:
         raise decision.error()
     if not decision.resubmit:
         return decision.reason
-    delay_s = get_exponential_backoff_interval(
-        factor=settings.retry_backoff_s,
-        retries=decision.attempt - 1,
-        maximum=settings.retry_backoff_max_s,
-        full_jitter=True,
-    )
+    delay_s = backoff_s(decision.attempt - 1, res.settings)
     resubmit_job.apply_async((event,), {"attempt": decision.next_attempt}, countdown=delay_s)
     log.info("job_resubmit_scheduled", attempt=decision.next_attempt, delay_s=delay_s)
     return decision.reason

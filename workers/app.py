@@ -2,57 +2,100 @@
 
 Workers consume ``ingest`` and ``actions``. ``dead_letter`` is declared where dead
 letters are written and consumed by nobody: ``cicb dlq`` reads it.
+
+Importing this module builds nothing and connects nowhere: the configuration is read from
+the settings when Celery first needs it, and the worker's resources are built as it starts
+(``workers.resources``).
 """
 
 from __future__ import annotations
 
 import signal
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import setup_logging, worker_process_init
 
 from pipeline import logs
-from pipeline.broker import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, queue, transport_options
-from pipeline.inflight import track_publishes
-from workers.stores import inflight, settings
-from workers.sweeper import Sweeper, forget_finished
-
-app = Celery("cicb", include=["workers.tasks", "workers.actions", *settings.routes_modules])
-app.conf.update(
-    broker_url=settings.broker_url,
-    broker_transport_options=transport_options(settings),
-    broker_connection_retry_on_startup=True,
-    # Keep reconnecting for as long as the broker is away.
-    broker_connection_max_retries=None,
-    task_queues=[queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
-    task_default_queue=ACTIONS_QUEUE,
-    task_routes={INGEST_TASK: {"queue": INGEST_QUEUE}},
-    task_serializer="json",
-    accept_content=["json"],
-    # Nothing reads task results: Flower gets states from events, dead letters hold failures.
-    task_ignore_result=True,
-    # Ack after the task ran, and give a task back when its worker dies under it.
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    # Callbacks are short tasks: fetch several at a time.
-    worker_prefetch_multiplier=settings.prefetch_multiplier,
-    worker_concurrency=settings.worker_concurrency,
-    # Flower follows each task from its receipt; a task-sent event would cost one more
-    # broker write per step, for what the queue lengths already show.
-    worker_send_task_events=True,
-    task_send_sent_event=False,
-    worker_hijack_root_logger=False,
-    timezone="UTC",
+from pipeline.brokers.queues import (
+    ACTIONS_QUEUE,
+    INGEST_QUEUE,
+    INGEST_TASK,
+    queue,
+    transport_options,
 )
+from pipeline.errors import ConfigError
+from pipeline.settings import get_settings
+from workers.resources import resources
+from workers.sweeper import Sweeper, keep_messages
+
+# Exit status of a worker stopped by a bad setting (sysexits' EX_CONFIG).
+EX_CONFIG = 78
+
+T = TypeVar("T")
 
 
-# Every task message is kept until its task finishes, so one lost by the Redis transport
-# (taken by a worker that died before recording it) is published again.
-if inflight is not None:
-    track_publishes(inflight)
-    forget_finished(inflight)
-    app.steps["consumer"].add(Sweeper)
+def stop_on_bad_settings(build: Callable[[], T]) -> T:
+    """``build()``, or stop the process with one line naming the bad setting."""
+    try:
+        return build()
+    except ConfigError as exc:
+        # Logging may not be configured yet: say it plainly, once.
+        print(f"cicb: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from exc
+
+
+def configuration() -> dict[str, Any]:
+    """Celery's settings, from cicb's (read when Celery first needs them)."""
+    settings = stop_on_bad_settings(get_settings)
+    return {
+        "include": ["workers.tasks", "workers.actions", *settings.routes_modules],
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options(settings),
+        "broker_connection_retry_on_startup": True,
+        # Keep reconnecting for as long as the broker is away.
+        "broker_connection_max_retries": None,
+        "task_queues": [queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
+        "task_default_queue": ACTIONS_QUEUE,
+        "task_routes": {INGEST_TASK: {"queue": INGEST_QUEUE}},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Nothing reads task results: Flower gets states from events, dead letters hold
+        # failures.
+        "task_ignore_result": True,
+        # Ack after the task ran, and give a task back when its worker dies under it.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Callbacks are short tasks: fetch several at a time.
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "worker_concurrency": settings.worker_concurrency,
+        # Flower follows each task from its receipt; a task-sent event would cost one more
+        # broker write per step, for what the queue lengths already show.
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+    }
+
+
+class Start(bootsteps.Step):  # type: ignore[misc]
+    """As the worker starts: build its resources, so a bad setting stops it with one line;
+    on a Redis broker, keep every task message until its task finishes."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        res = stop_on_bad_settings(resources)
+        if res.inflight is not None:
+            keep_messages(res.inflight)
+
+
+app = Celery("cicb")
+app.add_defaults(configuration)
+app.steps["worker"].add(Start)
+# Publishes again, with the same task id, what the Redis transport lost.
+app.steps["consumer"].add(Sweeper)
 
 
 @worker_process_init.connect
@@ -65,4 +108,4 @@ def _leave_stopping_to_the_main_process(**_: Any) -> None:
 
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    logs.configure(settings)
+    logs.configure(get_settings())

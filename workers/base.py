@@ -1,23 +1,29 @@
-"""``PipelineTask``: the retry and dead-letter policy every cicb task shares.
+"""``PipelineTask``: the one retry and dead-letter policy every cicb task shares.
 
-``TransientError`` is retried with exponential backoff and full jitter, up to
-``CICB_MAX_RETRIES``; anything else, and a transient error whose retries are used up, goes
-to the dead-letter queue with the task's arguments, the error and the attempt count. A
-user's action gets the same policy with ``@app.task(base=PipelineTask)``.
+The exception decides. A ``TransientError`` is retried after ``backoff_s`` (exponential,
+full jitter, capped), waiting at least the ``retry_after_s`` it carries, with the keyword
+arguments its ``replay_kwargs`` name (the notify targets still pending); once
+``CICB_MAX_RETRIES`` retries are used up it is dead-lettered like anything else, with the
+task's arguments, the error and the attempt count. A user's task gets the same policy from
+``pipeline.task`` (or ``@app.task(base=PipelineTask)``).
+
+Around each run, the guard (``pipeline.guard``) skips a message whose task already finished
+and dead-letters one delivered more than ``CICB_MAX_DELIVERIES`` times.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NoReturn
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline import logs
-from pipeline.deadletter import DeadLetter, DeadLetterQueue
-from pipeline.envelope import Envelope
+from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.errors import PermanentError, TransientError
-from workers.stores import counters, finished, guard, settings
+from pipeline.settings import Settings
+from workers.resources import resources
 
 log = logs.get_logger("cicb.task")
 
@@ -25,68 +31,72 @@ log = logs.get_logger("cicb.task")
 class RedeliveryLimit(PermanentError):
     """A message was delivered again and again without finishing: it kills its worker."""
 
-    def __init__(self, deliveries: int) -> None:
+    def __init__(self, deliveries: int, limit: int) -> None:
         self.deliveries = deliveries
         super().__init__(
             f"delivered {deliveries} times without finishing (its worker died each time); "
-            f"CICB_MAX_DELIVERIES is {settings.max_deliveries}"
+            f"CICB_MAX_DELIVERIES is {limit}"
         )
 
 
-class PipelineTask(Task):  # type: ignore[misc]
-    autoretry_for = (TransientError,)
-    max_retries = settings.max_retries
-    retry_backoff = settings.retry_backoff_s
-    retry_backoff_max = settings.retry_backoff_max_s
-    retry_jitter = True
+def backoff_s(retries: int, settings: Settings, *, at_least_s: float | None = None) -> float:
+    """The wait before retry number ``retries + 1``: exponential from
+    ``CICB_RETRY_BACKOFF_S`` with full jitter, at least ``at_least_s`` (a peer's
+    Retry-After), and never over ``CICB_RETRY_BACKOFF_MAX_S``."""
+    wait_s: float = get_exponential_backoff_interval(
+        factor=settings.retry_backoff_s,
+        retries=retries,
+        maximum=settings.retry_backoff_max_s,
+        full_jitter=True,
+    )
+    if at_least_s is not None:
+        wait_s = max(wait_s, at_least_s)
+    return min(wait_s, settings.retry_backoff_max_s)
 
+
+class PipelineTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         logs.clear()
         task_id = self.request.id
         logs.bind(task=self.name, task_id=task_id, attempt=self.request.retries + 1)
-        if guard is None or task_id is None:  # no Redis, or called directly
-            return super().__call__(*args, **kwargs)
+        res = resources()
+        if res.guard is None or task_id is None:  # no Redis, or called directly
+            return self._run(args, kwargs)
         try:
-            completed, deliveries = guard.start(task_id, self.request.retries)
+            completed, deliveries = res.guard.start(task_id, self.request.retries)
         except TransientError as exc:
             self.retry_later(exc)
         if completed:
             # Its worker died after the work and before the ack: do not do it twice.
             log.warning("task.already_completed")
-            finished(task_id)
+            res.finished(task_id)
             return None
-        if deliveries > guard.max_deliveries:
-            raise RedeliveryLimit(deliveries)
-        result = super().__call__(*args, **kwargs)
-        finished(task_id)
+        if deliveries > res.guard.max_deliveries:
+            raise RedeliveryLimit(deliveries, res.guard.max_deliveries)
+        result = self._run(args, kwargs)
+        res.finished(task_id)
         return result
 
-    def retry_later(
-        self, exc: TransientError, *, at_least_s: float | None = None, **kwargs: Any
-    ) -> NoReturn:
-        """Retry with the shared backoff, replacing the keyword arguments given.
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except TransientError as exc:
+            self.retry_later(exc)
 
-        ``at_least_s`` (a peer's Retry-After) lengthens the wait, up to the backoff cap.
-        """
-        countdown = get_exponential_backoff_interval(
-            factor=self.retry_backoff,
-            retries=self.request.retries,
-            maximum=self.retry_backoff_max,
-            full_jitter=self.retry_jitter,
+    def retry_later(self, exc: TransientError) -> NoReturn:
+        """Retry after the shared backoff, with what the error says a retry must carry;
+        re-raise ``exc`` (to be dead-lettered) when the retries are used up."""
+        settings = resources().settings
+        raise self.retry(
+            exc=exc,
+            countdown=backoff_s(self.request.retries, settings, at_least_s=exc.retry_after_s),
+            max_retries=settings.max_retries,
+            kwargs={**(self.request.kwargs or {}), **exc.replay_kwargs},
         )
-        if at_least_s is not None:
-            countdown = min(max(countdown, at_least_s), self.retry_backoff_max)
-        raise self.retry(exc=exc, countdown=countdown, kwargs={**self.request.kwargs, **kwargs})
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        envelope = None
-        if self.name == "cicb.ingest" and args:
-            try:
-                envelope = Envelope.from_json(args[0])
-            except PermanentError:
-                envelope = None
         letter = DeadLetter(
             task=self.name,
             queue=(self.request.delivery_info or {}).get("routing_key") or self.queue or "",
@@ -97,10 +107,11 @@ class PipelineTask(Task):  # type: ignore[misc]
             attempts=self.request.retries + 1,
             task_id=task_id,
             chain=self.request.chain or None,
-            received_at=envelope.received_at.isoformat() if envelope else None,
         )
-        dead_letters().put(letter)
-        counters.add("dead_lettered")
+        if (envelope := letter.envelope()) is not None:
+            letter = dataclasses.replace(letter, received_at=envelope.received_at.isoformat())
+        DeadLetterQueue(self.app.connection_for_write).put(letter)
+        resources().counters.add("dead_lettered")
         log.error(
             "dead_lettered",
             dead_letter_id=letter.id,
@@ -108,9 +119,3 @@ class PipelineTask(Task):  # type: ignore[misc]
             reason=letter.reason,
             attempts=letter.attempts,
         )
-
-
-def dead_letters() -> DeadLetterQueue:
-    from workers.app import app
-
-    return DeadLetterQueue(app.connection_for_write)

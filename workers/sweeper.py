@@ -1,7 +1,7 @@
 """The worker's part in keeping every message: forget finished tasks, republish lost ones.
 
 ``Sweeper`` is a worker bootstep: every ``SWEEP_INTERVAL_S`` one worker (a Redis lock
-decides which) publishes again the messages ``pipeline.inflight`` has kept for longer than
+decides which) publishes again the messages ``pipeline.brokers.inflight`` has kept for longer than
 the visibility timeout plus a grace period.
 """
 
@@ -14,12 +14,19 @@ from celery import bootsteps
 from celery.signals import task_failure, task_success
 
 from pipeline import logs
-from pipeline.inflight import Inflight
+from pipeline.brokers.inflight import Inflight, track_publishes
 from workers.base import PipelineTask
+from workers.resources import resources
 
 SWEEP_INTERVAL_S = 10.0
 
 log = logs.get_logger("cicb.sweeper")
+
+
+def keep_messages(inflight: Inflight) -> None:
+    """Keep every task message this process publishes until its task finishes."""
+    track_publishes(inflight)
+    forget_finished(inflight)
 
 
 def forget_finished(inflight: Inflight) -> None:
@@ -56,8 +63,7 @@ class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
 
     def start(self, consumer: Any) -> None:
-        from workers.stores import inflight
-
+        inflight = resources().inflight
         if inflight is not None:
             self.tref = consumer.timer.call_repeatedly(
                 SWEEP_INTERVAL_S, self.sweep, (consumer, inflight), priority=10

@@ -9,13 +9,13 @@ from typing import Any
 from celery import chain
 
 from pipeline import logs
-from pipeline.broker import INGEST_TASK
+from pipeline.brokers.queues import INGEST_TASK
 from pipeline.errors import ConfigError
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.routing import Route, RouteTable, table_for
 from workers.app import app
 from workers.base import PipelineTask
-from workers.stores import counters, guard, settings
+from workers.resources import resources
 
 log = logs.get_logger("cicb.tasks")
 
@@ -27,7 +27,7 @@ SHOWN_FIELDS = ("event", "job_id", "run_id", "tag", "state")
 
 @functools.cache
 def route_table() -> RouteTable:
-    return table_for(settings)
+    return table_for(resources().settings)
 
 
 def dispatch(route: Route, event: dict[str, Any], key: str) -> None:
@@ -57,10 +57,11 @@ def dispatch(route: Route, event: dict[str, Any], key: str) -> None:
 
 @app.task(base=PipelineTask, bind=True, name=INGEST_TASK)
 def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]:
-    """Parse one callback and start its route. The envelope is ``pipeline.envelope``'s JSON."""
+    """Parse one callback and start its route (``envelope``: ``Envelope.to_json()``)."""
+    res = resources()
     outcomes = ingest_envelope(
-        envelope, table=route_table(), dispatch=dispatch, guard=guard, owner=self.request.id
+        envelope, table=route_table(), dispatch=dispatch, guard=res.guard, owner=self.request.id
     )
     for outcome in outcomes:
-        counters.add(outcome["outcome"])
+        res.counters.add(outcome["outcome"])
     return outcomes

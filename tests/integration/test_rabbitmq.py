@@ -36,7 +36,7 @@ import httpx
 import pytest
 from kombu import Connection
 
-from pipeline.broker import ACTIONS_QUEUE, DEAD_LETTER_QUEUE, INGEST_QUEUE, queue
+from pipeline.brokers.queues import ACTIONS_QUEUE, DEAD_LETTER_QUEUE, INGEST_QUEUE, queue
 from tests.support import (
     CICB,
     SHARED_SAMPLES,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.access import (
+from pipeline.receiver.access import (
     AddressFilter,
     Admission,
     LogThrottle,
@@ -42,7 +42,7 @@ def test_a_token_check_needs_a_token() -> None:
 
 def test_every_token_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     """No early exit: the time taken does not tell which token (if any) matched."""
-    import pipeline.access as access
+    import pipeline.receiver.access as access
 
     calls: list[int] = []
     real = access.hmac.compare_digest

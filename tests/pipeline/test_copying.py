@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from pipeline.copying import (
+from pipeline.actions.copying import (
     ALREADY_COPIED,
     COPIED,
     ChecksumMismatch,
@@ -26,7 +26,7 @@ from pipeline.copying import (
     s3_client,
 )
 from pipeline.errors import ConfigError, PermanentError, TransientError
-from pipeline.parsing import parse
+from pipeline.parsing.reader import parse
 from tests.support import free_port
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"

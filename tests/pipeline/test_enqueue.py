@@ -9,8 +9,9 @@ from typing import Any
 
 import redis
 
-from pipeline.broker import Publisher
-from pipeline.enqueue import CeleryEnqueuer, RedisEnqueuer, enqueuer_for
+from pipeline.brokers.fastpath import RedisEnqueuer
+from pipeline.brokers.kind import kind_of
+from pipeline.brokers.publishing import CeleryEnqueuer, Publisher
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import free_port
@@ -44,7 +45,7 @@ def test_the_fast_path_writes_what_celery_writes(broker_url: str) -> None:
     by_celery = written(client)
 
     async def enqueue() -> str:
-        enqueuer = RedisEnqueuer(settings)
+        enqueuer = RedisEnqueuer(settings.broker_url, track_inflight=True)
         try:
             return await enqueuer.ingest(ENVELOPE)
         finally:
@@ -59,9 +60,10 @@ def test_the_fast_path_writes_what_celery_writes(broker_url: str) -> None:
 
 
 def test_redis_brokers_take_the_fast_path_and_others_celery() -> None:
-    assert isinstance(enqueuer_for(Settings(broker_url="redis://127.0.0.1:1/0")), RedisEnqueuer)
+    redis_broker = Settings(broker_url="redis://127.0.0.1:1/0")
+    assert isinstance(kind_of(redis_broker).enqueuer(redis_broker), RedisEnqueuer)
     amqp = Settings(broker_url="amqp://guest:guest@127.0.0.1:1//")
-    assert isinstance(enqueuer_for(amqp), CeleryEnqueuer)
+    assert isinstance(kind_of(amqp).enqueuer(amqp), CeleryEnqueuer)
 
 
 def test_callbacks_arriving_together_are_written_together_and_in_order(broker_url: str) -> None:
@@ -72,7 +74,7 @@ def test_callbacks_arriving_together_are_written_together_and_in_order(broker_ur
     count = 300  # more than one batch holds
 
     async def burst() -> list[str]:
-        enqueuer = RedisEnqueuer(settings)
+        enqueuer = RedisEnqueuer(settings.broker_url, track_inflight=True)
         try:
             envelopes = [{**ENVELOPE, "request_id": str(n)} for n in range(count)]
             return await asyncio.gather(*(enqueuer.ingest(e) for e in envelopes))
@@ -94,7 +96,7 @@ def test_every_callback_waiting_on_a_failed_write_is_told_so() -> None:
     settings = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
 
     async def burst() -> list[object]:
-        enqueuer = RedisEnqueuer(settings)
+        enqueuer = RedisEnqueuer(settings.broker_url, track_inflight=True)
         try:
             calls = (enqueuer.ingest(ENVELOPE) for _ in range(20))
             return await asyncio.gather(*calls, return_exceptions=True)

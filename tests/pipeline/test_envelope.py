@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.envelope import Envelope
+from pipeline.brokers.envelope import Envelope
 from pipeline.errors import PermanentError
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pickle
 
+from pipeline.actions.notify import TargetsRejected
+from pipeline.actions.resubmit import GaveUp
 from pipeline.errors import DeliveryRejected, ParseError
-from pipeline.notify import TargetsRejected
-from pipeline.resubmit import GaveUp
 
 
 def test_errors_with_keyword_only_data_survive_pickling() -> None:

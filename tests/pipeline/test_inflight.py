@@ -1,4 +1,4 @@
-"""``pipeline.inflight`` against a real Valkey: every message is kept until its task
+"""``pipeline.brokers.inflight`` against a real Valkey: every message is kept until its task
 finishes, and only those kept too long are published again."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.inflight import Inflight
+from pipeline.brokers.inflight import Inflight
 
 LOST_AFTER_S = 100.0
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.envelope import Envelope
+from pipeline.brokers.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ParseError
 from pipeline.guard import Guard
 from pipeline.ingest import DISPATCHED, DUPLICATE, UNROUTED, ingest

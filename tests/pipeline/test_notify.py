@@ -15,11 +15,11 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from pipeline.actions.notify import TargetsPending, TargetsRejected, notify
+from pipeline.actions.signing import webhook_secret_bytes
+from pipeline.actions.targets import Target as NotifyTarget
 from pipeline.errors import ConfigError, DeliveryError, PermanentError, TransientError
-from pipeline.notify import TargetsPending, TargetsRejected, notify
-from pipeline.parsing import parse
-from pipeline.signing import webhook_secret_bytes
-from pipeline.targets import Target as NotifyTarget
+from pipeline.parsing.reader import parse
 from tests.support import Target, free_port
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ParseError
-from pipeline.events import (
+from pipeline.parsing.events import (
     GenericEvent,
     InputObject,
     JobEvent,
@@ -18,7 +18,7 @@ from pipeline.events import (
     WorkflowRef,
     event_from_dict,
 )
-from pipeline.parsing import parse
+from pipeline.parsing.reader import parse
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 SAMPLE_FILES = sorted(SAMPLES.iterdir())

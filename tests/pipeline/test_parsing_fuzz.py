@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pipeline.errors import ParseError
-from pipeline.parsing import parse
+from pipeline.parsing.reader import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = [

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ParseError
-from pipeline.events import GenericEvent, JobEvent, ModerationEvent, event_from_dict
-from pipeline.parsing import MAX_DEPTH, detect_format, format_of, parse
+from pipeline.parsing.events import GenericEvent, JobEvent, ModerationEvent, event_from_dict
+from pipeline.parsing.reader import MAX_DEPTH, detect_format, format_of, parse
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.events import JobEvent, SubFailure, WorkflowEvent, event_from_dict
-from pipeline.parsing import parse
+from pipeline.parsing.events import JobEvent, SubFailure, WorkflowEvent, event_from_dict
+from pipeline.parsing.reader import parse
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FILES = sorted(SAMPLES.glob("*.*"))

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from pipeline.access import AddressFilter, parse_address
-from pipeline.envelope import Envelope
+from pipeline.brokers.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ConfigError
-from pipeline.receiver import create_app
+from pipeline.receiver.access import AddressFilter, parse_address
+from pipeline.receiver.app import create_app
 from pipeline.settings import Settings
 
 TOKEN = "t0k3n"

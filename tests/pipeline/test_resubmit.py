@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.errors import PermanentError, TransientError
-from pipeline.parsing import parse
-from pipeline.resubmit import (
+from pipeline.actions.resubmit import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_NEVER_RETRY_CODES,
     AttemptStore,
@@ -24,6 +22,8 @@ from pipeline.resubmit import (
     decide,
     resubmit,
 )
+from pipeline.errors import PermanentError, TransientError
+from pipeline.parsing.reader import parse
 from tests.peers import NEW_JOB_ID, CiServer
 from tests.support import free_port
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.events import JobEvent, WorkflowEvent
-from pipeline.parsing import parse
+from pipeline.parsing.events import JobEvent, WorkflowEvent
+from pipeline.parsing.reader import parse
 from pipeline.routing import DEFAULT_ROUTES, Route, RouteTable, load_routes, route
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"

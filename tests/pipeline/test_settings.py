@@ -174,10 +174,3 @@ def test_callback_url_is_the_local_receiver_unless_a_url_is_given() -> None:
         {"CICB_RECEIVER_PORT": "9000", "CICB_RECEIVER_URL": "https://cb.example.com/in?token=x"}
     )
     assert public.callback_url == "https://cb.example.com/in?token=x"
-
-
-def test_the_broker_kind_follows_the_url() -> None:
-    assert Settings.from_env({}).broker_is_redis
-    assert Settings.from_env({"CICB_BROKER_URL": "rediss://h:6380/0"}).broker_is_redis
-    rabbit = Settings.from_env({"CICB_BROKER_URL": "amqp://guest:guest@h:5672//"})
-    assert not rabbit.broker_is_redis and rabbit.redis_url is None

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.broker import Publisher
-from pipeline.deadletter import DeadLetter, DeadLetterQueue
-from pipeline.envelope import Envelope
+from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
+from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.publishing import Publisher
 from pipeline.settings import get_settings
 from tests.support import Broker, wait_until
 

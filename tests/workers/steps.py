@@ -1,4 +1,5 @@
-"""The route module the worker tier runs with (``CICB_ROUTES=tests.workers.steps``).
+"""The route module the worker tier runs with (``CICB_ROUTES=tests.workers.steps``), written
+as a user writes one: everything from ``pipeline``.
 
 Callbacks tagged ``Steps`` run a two-step chain whose steps record each run in Redis, so a
 test can count how many times each step ran; ``Failing`` runs a step that always fails for
@@ -9,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import TransientError
-from pipeline.routing import Route
-from workers.app import app
-from workers.base import PipelineTask
-from workers.stores import client
+import redis
+
+from pipeline import Route, TransientError, task
+from pipeline.settings import get_settings
 
 RUNS_KEY = "cicb:test:runs"
 
@@ -25,21 +25,22 @@ routes = [
 
 
 def _record(step: str, event: dict[str, Any]) -> None:
-    assert client is not None
+    client = redis.Redis.from_url(get_settings().broker_url)
     client.rpush(RUNS_KEY, f"{step}:{event['job_id']}")
+    client.close()
 
 
-@app.task(base=PipelineTask, name="tests.first")
+@task(name="tests.first")
 def first(event: dict[str, Any]) -> None:
     _record("first", event)
 
 
-@app.task(base=PipelineTask, name="tests.second")
+@task(name="tests.second")
 def second(event: dict[str, Any]) -> None:
     _record("second", event)
 
 
-@app.task(base=PipelineTask, name="tests.failing")
+@task(name="tests.failing")
 def failing(event: dict[str, Any]) -> None:
     _record("failing", event)
     raise TransientError("the peer is away")

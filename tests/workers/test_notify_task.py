@@ -7,8 +7,8 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from pipeline.actions.targets import Target
 from pipeline.cli import main as cicb
-from pipeline.targets import Target
 from tests.support import wait_until
 from tests.workers.conftest import Tier
 

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 from pipeline import logs
 from pipeline.errors import ParseError
-from pipeline.events import (
+from pipeline.parsing.events import (
     TASK_FINISH,
     WORKFLOW_FINISH,
     Event,
@@ -27,9 +27,9 @@ from pipeline.events import (
     WorkflowRef,
     WorkflowTask,
 )
-from pipeline.parsing_fields import cos_headers, maps, opt_map, opt_str, req_str, strs, time
-from pipeline.parsing_load import MAX_DEPTH, MAX_NODES, Format, Node, detect_format, join, load
-from pipeline.parsing_outputs import key, outputs, sub_failures
+from pipeline.parsing.fields import cos_headers, maps, opt_map, opt_str, req_str, strs, time
+from pipeline.parsing.load import MAX_DEPTH, MAX_NODES, Format, Node, detect_format, join, load
+from pipeline.parsing.outputs import key, outputs, sub_failures
 
 __all__ = ["MAX_DEPTH", "MAX_NODES", "Format", "detect_format", "format_of", "parse"]
 

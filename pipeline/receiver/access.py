@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pipeline.settings import Settings
@@ -130,12 +130,7 @@ class AddressFilter:
 def secrets_of(settings: Settings) -> tuple[str, ...]:
     """Every secret value in ``settings``: the fields kept out of its repr, the accepted
     tokens, and the passwords in the broker and Redis URLs."""
-    found: list[str] = list(settings.accepted_tokens())
-    for f in fields(settings):
-        if f.repr:
-            continue
-        value = getattr(settings, f.name)
-        found.extend([value] if isinstance(value, str) else value or ())
+    found = [*settings.accepted_tokens(), *settings.secrets()]
     for url in (settings.broker_url, settings.redis_url):
         password = urlsplit(url).password if url else None
         if password:

@@ -22,9 +22,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from pipeline.actions.signing import dingtalk_sign, feishu_sign, standard_webhook_headers
 from pipeline.errors import ConfigError, DeliveryError, DeliveryRejected
-from pipeline.events import event_from_dict
-from pipeline.signing import dingtalk_sign, feishu_sign, standard_webhook_headers
+from pipeline.parsing.events import event_from_dict
 
 WEBHOOK = "webhook"
 CHAT_KINDS = ("wecom", "dingtalk", "feishu", "lark", "slack")

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final, TypeGuard
 
-from pipeline.events_base import OutputObject, SubFailure
-from pipeline.parsing_fields import maps, opt_map, opt_str, strs
-from pipeline.parsing_load import Node, join
+from pipeline.parsing.fields import maps, opt_map, opt_str, strs
+from pipeline.parsing.load import Node, join
+from pipeline.parsing.values import OutputObject, SubFailure
 
 FAILED: Final = "Failed"
 # A DigitalWatermark node's Message is the text embedded, not an error message.

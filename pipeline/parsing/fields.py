@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.errors import ParseError
-from pipeline.parsing_load import Node, join, kind
+from pipeline.parsing.load import Node, join, kind
 
 
 def opt_str(node: Mapping[str, Any], key: str, path: str) -> str | None:

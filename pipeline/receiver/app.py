@@ -27,7 +27,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import logs
-from pipeline.access import (
+from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.kind import kind_of
+from pipeline.brokers.publishing import Enqueuer
+from pipeline.counters import Counters
+from pipeline.errors import BrokerUnavailable, ConfigError
+from pipeline.receiver.access import (
     AddressFilter,
     LogThrottle,
     ThrottleFilter,
@@ -35,10 +40,6 @@ from pipeline.access import (
     client_address,
     secret_redactor,
 )
-from pipeline.counters import Counters
-from pipeline.enqueue import Enqueuer, enqueuer_for
-from pipeline.envelope import Envelope
-from pipeline.errors import BrokerUnavailable, ConfigError
 from pipeline.settings import Settings, get_settings
 
 TOKEN_HEADER = "X-Callback-Token"
@@ -135,10 +136,15 @@ GC_YOUNG_THRESHOLD = 20_000
 
 def create_app(
     settings: Settings | None = None,
-    enqueuer_factory: Callable[[Settings], Enqueuer] = enqueuer_for,
+    enqueuer_factory: Callable[[Settings], Enqueuer] | None = None,
 ) -> Starlette:
-    """Build the receiver. Raises ``ConfigError`` when no token is configured."""
+    """Build the receiver (uvicorn calls this as the process starts).
+
+    ``enqueuer_factory`` defaults to the broker's own way onto ``ingest``. Raises
+    ``ConfigError`` when no token is configured.
+    """
     settings = settings or get_settings()
+    kind = kind_of(settings)
     logs.configure(settings)
     tokens = settings.accepted_tokens()
     if not tokens:
@@ -150,7 +156,7 @@ def create_app(
     refusals = LogThrottle()
     _throttle_uvicorn_warnings()
     redact = secret_redactor(settings)
-    enqueuer = enqueuer_factory(settings)
+    enqueuer = (enqueuer_factory or kind.enqueuer)(settings)
 
     registry = CollectorRegistry()
     responses = Counter(
@@ -241,7 +247,7 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    registry.register(_OutcomeCollector(Counters.from_url(settings.redis_url)))
+    registry.register(_OutcomeCollector(Counters.from_url(kind.state_url)))
 
     async def metrics(request: Request) -> Response:
         text = await anyio.to_thread.run_sync(generate_latest, registry)

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from pipeline.actions.targets import Target, build_request, check_response
 from pipeline.errors import (
     DeliveryError,
     DeliveryRejected,
@@ -19,7 +20,6 @@ from pipeline.errors import (
     PipelineError,
     TransientError,
 )
-from pipeline.targets import Target, build_request, check_response
 
 USER_AGENT = "cicb-notify"
 
@@ -27,23 +27,23 @@ USER_AGENT = "cicb-notify"
 class _Undelivered(PipelineError):
     """Some targets were not notified; ``pending`` are their ids, for a retry or replay.
 
-    ``replay_kwargs`` is what a dead letter of the notify task keeps, so a replay only
-    notifies the targets that did not get the event. Ids, not URLs: URLs hold secrets.
+    ``replay_kwargs`` is what a retry, or a dead letter of the notify task, keeps, so only
+    the targets that did not get the event are tried again. Ids, not URLs: URLs hold
+    secrets. ``retry_after_s`` is the longest wait a target asked for.
     """
+
+    retry_after_s: float | None
 
     def __init__(self, pending: list[str], causes: Sequence[PipelineError]) -> None:
         self.pending = pending
         self.causes = list(causes)
+        waits = [c.retry_after_s for c in self.causes if isinstance(c, DeliveryError)]
+        self.retry_after_s = max((w for w in waits if w is not None), default=None)
         super().__init__(f"{len(pending)} target(s) not notified; first: {causes[0]}")
 
     @property
     def replay_kwargs(self) -> dict[str, Any]:
         return {"pending": self.pending}
-
-    @property
-    def retry_after_s(self) -> float | None:
-        waits = [c.retry_after_s for c in self.causes if isinstance(c, DeliveryError)]
-        return max((w for w in waits if w is not None), default=None)
 
 
 class TargetsPending(_Undelivered, TransientError):

@@ -1,12 +1,10 @@
-"""How the receiver puts a callback on ``ingest``: the fast Redis path, or Celery's own.
+"""The receiver's fast path on a Redis broker: ``RedisEnqueuer``.
 
-Both produce the same ordinary Celery task message (protocol 2, JSON), which
-``celery worker`` consumes and Flower shows. On Redis, ``RedisEnqueuer`` builds it from a
-prepared template and writes it asynchronously, batched with the callbacks arriving at the same
-time (the messages, and their ``pipeline.inflight`` records), without a thread hop or Celery's
-per-message work.
-Any other broker (RabbitMQ) goes through ``CeleryEnqueuer``, Celery's ``send_task`` in a
-thread.
+It writes the same ordinary Celery task message (protocol 2, JSON) that ``send_task`` would,
+which ``celery worker`` consumes and Flower shows, but builds it from a prepared template and
+writes it asynchronously, batched with the callbacks arriving at the same time (the messages,
+and their ``pipeline.brokers.inflight`` records), without a thread hop or Celery's
+per-message work. Other brokers go through ``publishing.CeleryEnqueuer``.
 """
 
 from __future__ import annotations
@@ -18,49 +16,19 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import anyio.to_thread
 import orjson
 import redis
 import redis.asyncio
 
-from pipeline.broker import DEFAULT_CONNECT_TIMEOUT_S, INGEST_QUEUE, INGEST_TASK, Publisher
+from pipeline.brokers.inflight import MESSAGES_KEY, SCORES_KEY
+from pipeline.brokers.queues import DEFAULT_CONNECT_TIMEOUT_S, INGEST_QUEUE, INGEST_TASK
 from pipeline.errors import BrokerUnavailable
-from pipeline.inflight import MESSAGES_KEY, SCORES_KEY
-from pipeline.settings import Settings
 
 # Celery keeps at most this much of the arguments' repr in the headers, for Flower.
 ARGSREPR_MAX_CHARS = 1024
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-class Enqueuer(Protocol):
-    async def ingest(self, envelope: dict[str, Any]) -> str:
-        """Put the envelope on ``ingest``; return the task id. Raises BrokerUnavailable."""
-        ...
-
-    async def ping(self) -> None:
-        """Raise BrokerUnavailable unless the broker answers."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class CeleryEnqueuer:
-    """Through Celery's ``send_task``: any broker kombu supports."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._publisher = Publisher(settings)
-
-    async def ingest(self, envelope: dict[str, Any]) -> str:
-        return await anyio.to_thread.run_sync(self._publisher.ingest, envelope)
-
-    async def ping(self) -> None:
-        await anyio.to_thread.run_sync(self._publisher.ping)
-
-    async def aclose(self) -> None:
-        self._publisher.close()
 
 
 class RedisEnqueuer:
@@ -73,14 +41,14 @@ class RedisEnqueuer:
     its batch is on the broker, and every callback of a batch that fails gets the error.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, broker_url: str, *, track_inflight: bool) -> None:
         self._redis = redis.asyncio.Redis.from_url(
-            settings.broker_url,
+            broker_url,
             socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
             socket_timeout=DEFAULT_CONNECT_TIMEOUT_S * 2,
         )
-        # The inflight record lives in CICB_REDIS_URL; on the fast path that is the broker.
-        self._track = settings.redis_url == settings.broker_url
+        # Inflight records go in the same transaction, so only when they live on the broker.
+        self._track = track_inflight
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self._reply_to = str(uuid.uuid4())
         self._waiting: list[_Write] = []
@@ -209,10 +177,3 @@ def _settle(batch: list[_Write], error: Exception | None) -> None:
             write.done.set_result(None)
         else:
             write.done.set_exception(error)
-
-
-def enqueuer_for(settings: Settings) -> Enqueuer:
-    """The fast path on Redis, Celery's own elsewhere."""
-    if settings.broker_is_redis:
-        return RedisEnqueuer(settings)
-    return CeleryEnqueuer(settings)

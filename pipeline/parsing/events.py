@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Final, TypeAlias
 
 from pipeline.errors import ParseError
-from pipeline.events_base import (
+from pipeline.parsing.values import (
     KIND_GENERIC,
     KIND_JOB,
     KIND_MODERATION,

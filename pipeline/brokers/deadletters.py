@@ -20,8 +20,8 @@ from typing import Any
 
 from kombu import Connection, Message, Producer
 
-from pipeline.broker import DEAD_LETTER_QUEUE, queue
-from pipeline.envelope import Envelope
+from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.queues import DEAD_LETTER_QUEUE, queue
 from pipeline.errors import PermanentError
 
 

@@ -1,0 +1,112 @@
+"""Task messages sent through Celery: ``Publisher`` (any broker kombu supports), and the
+receiver's ``Enqueuer`` interface with its Celery implementation.
+
+``Publisher`` sends by task name, so the receiver and the CLI need not import the worker's
+tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import anyio.to_thread
+from celery import Celery
+
+from pipeline.brokers.inflight import Inflight, track_publishes
+from pipeline.brokers.queues import (
+    ACTIONS_QUEUE,
+    INGEST_QUEUE,
+    INGEST_TASK,
+    ping,
+    queue,
+    transport_options,
+)
+from pipeline.errors import BrokerUnavailable
+from pipeline.settings import Settings
+
+
+class Publisher:
+    """Sends task messages by name. Thread-safe: producers come from a pool."""
+
+    def __init__(self, settings: Settings, *, inflight: Inflight | None = None) -> None:
+        self._app = Celery("cicb-publisher", set_as_current=False)
+        self._app.conf.update(
+            broker_url=settings.broker_url,
+            broker_transport_options=transport_options(settings),
+            broker_connection_retry_on_startup=True,
+            task_serializer="json",
+            task_queues=[queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
+            # No task-sent events from the receiver: publishing one retries without a bound
+            # while the broker is down, which would hang a request instead of answering 503.
+            # Flower still sees each callback from the worker's received/started events.
+            task_send_sent_event=False,
+            # A receiver must answer 503 quickly when the broker is down, not hang.
+            task_publish_retry_policy={
+                "max_retries": 2,
+                "interval_start": 0,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            },
+        )
+        if inflight is not None:
+            # Keep each message until its task finishes (see pipeline.brokers.inflight).
+            track_publishes(inflight)
+
+    def send(
+        self,
+        task: str,
+        args: list[Any] | tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue_name: str,
+        chain: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Publish one task message (``chain``: the steps to run after it).
+
+        Returns the task id; raises ``BrokerUnavailable``.
+        """
+        try:
+            result = self._app.send_task(
+                task, args=args, kwargs=kwargs or {}, queue=queue_name, chain=chain
+            )
+        except Exception as exc:  # kombu raises OperationalError and socket errors alike
+            raise BrokerUnavailable(f"broker did not take the message: {exc}") from exc
+        return str(result.id)
+
+    def ingest(self, envelope: dict[str, Any]) -> str:
+        return self.send(INGEST_TASK, [envelope], queue_name=INGEST_QUEUE)
+
+    def ping(self) -> None:
+        with self._app.connection_for_write() as conn:
+            ping(conn)
+
+    def close(self) -> None:
+        self._app.close()
+
+
+class Enqueuer(Protocol):
+    async def ingest(self, envelope: dict[str, Any]) -> str:
+        """Put the envelope on ``ingest``; return the task id. Raises BrokerUnavailable."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise BrokerUnavailable unless the broker answers."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class CeleryEnqueuer:
+    """Through Celery's ``send_task``, in a thread: any broker kombu supports."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+
+    async def ingest(self, envelope: dict[str, Any]) -> str:
+        return await anyio.to_thread.run_sync(self._publisher.ingest, envelope)
+
+    async def ping(self) -> None:
+        await anyio.to_thread.run_sync(self._publisher.ping)
+
+    async def aclose(self) -> None:
+        self._publisher.close()

@@ -1,0 +1,8 @@
+"""The receiver: the ASGI app that takes Tencent CI's POSTs and puts them on the broker.
+
+- ``app``: the Starlette app (``/callbacks``, ``/healthz``, ``/readyz``, ``/metrics``).
+- ``access``: tokens, source networks, the proxy header, throttled refusal logs.
+
+It parses nothing. It may import ``pipeline.brokers`` (to enqueue), ``pipeline.counters``,
+settings, logs and errors; nothing imports it but the CLI.
+"""
