@@ -9,7 +9,6 @@ attempt 2), ``decide`` says whether to try again, and ``resubmit`` calls CI's su
 from __future__ import annotations
 
 import copy
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
@@ -20,7 +19,8 @@ from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_comm import format_bucket
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from pipeline.errors import ConfigError, PermanentError, TransientError
+from pipeline.errors import ConfigError, ParseError, PermanentError, TransientError
+from pipeline.parsing.load import load
 
 DEFAULT_MAX_ATTEMPTS: Final = 2
 DEFAULT_ATTEMPT_TTL_S: Final = 7 * 24 * 3600
@@ -317,13 +317,15 @@ def _error_fields(exc: CosServiceError) -> tuple[str | None, str]:
     if isinstance(digest, Mapping) and digest.get("code"):
         return str(digest["code"]), str(digest.get("message") or "")
     raw = exc.get_origin_msg()
+    body = raw.encode() if isinstance(raw, str) else raw
     try:
-        root = ET.fromstring(raw) if isinstance(raw, str | bytes) and raw else None
-    except ET.ParseError:
-        root = None
-    if root is None:
+        error = load(body, "xml", xml_root="Error") if isinstance(body, bytes) and body else None
+    except ParseError:
+        error = None
+    if error is None:
         return None, str(raw or "")[:1000]
-    return root.findtext("Code"), root.findtext("Message") or ""
+    code, message = error.get("Code"), error.get("Message")
+    return (code if isinstance(code, str) else None), (message if isinstance(message, str) else "")
 
 
 def _job_id_of(answer: Any) -> str:

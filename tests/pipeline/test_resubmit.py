@@ -319,3 +319,23 @@ def test_an_unreadable_success_answer_is_left_to_a_person(
         )
     assert caught.value.status == 200
     assert "unreadable answer" in str(caught.value)
+
+
+def test_an_error_answer_declaring_entities_is_read_as_text_not_expanded(
+    ci_server: CiServer, store: AttemptStore
+) -> None:
+    hostile = (
+        b'<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x "expanded">]>'
+        b"<Error><Code>&x;</Code><Message>&x;</Message></Error>"
+    )
+    ci_server.answers.append((400, hostile))
+    with pytest.raises(ResubmitRejected) as caught:
+        resubmit(
+            event(FAILED_TRANSCODE),
+            client=client_for(ci_server.endpoint),
+            attempts=store,
+            attempt=2,
+        )
+    # Refused by the safe reader: kept as the raw text, never interpreted.
+    assert caught.value.code is None
+    assert caught.value.message == hostile.decode()
