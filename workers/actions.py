@@ -13,15 +13,16 @@ from typing import Any
 import httpx
 
 from pipeline import logs
-from pipeline.actions.copying import S3Client, copy_outputs, s3_client
+from pipeline.actions.copying import copy_outputs
+from pipeline.actions.cos import cos_client
 from pipeline.actions.notify import notify as notify_targets
 from pipeline.actions.resubmit import (
     AttemptStore,
     NotResubmittable,
-    cos_client,
     decide,
     resubmit,
 )
+from pipeline.actions.s3 import S3Client, s3_client
 from pipeline.errors import ConfigError
 from workers.app import app
 from workers.base import PipelineTask, backoff_s

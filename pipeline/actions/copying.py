@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from posixpath import basename
 from string import Formatter
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 from botocore import exceptions as boto
-from botocore.config import Config
 
+from pipeline.actions.s3 import S3Client
 from pipeline.errors import ConfigError, PermanentError, PipelineError, TransientError
 
 MIB: Final = 1024 * 1024
@@ -33,9 +32,6 @@ MIN_PART_SIZE_BYTES: Final = 5 * MIB
 MAX_PARTS: Final = 10_000
 DEFAULT_MULTIPART_THRESHOLD_BYTES: Final = MAX_SINGLE_COPY_BYTES
 DEFAULT_PART_SIZE_BYTES: Final = 256 * MIB
-DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
-DEFAULT_READ_TIMEOUT_S: Final = 300.0  # a server-side copy of one part answers only when done
-DEFAULT_MAX_ATTEMPTS: Final = 3  # botocore's own retries, before the task's backoff
 META_SOURCE_ETAG: Final = "cicb-source-etag"  # written as x-amz-meta-cicb-source-etag
 META_SOURCE_MD5: Final = "cicb-source-md5"
 
@@ -58,10 +54,6 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 _KMS = frozenset({"aws:kms", "aws:kms:dsse", "cos/kms"})  # their ETags are not MD5s
 _CARRIED = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
             "CacheControl")  # fmt: skip
-
-
-# boto3 builds its clients at runtime; without mypy-boto3-s3 they are Any to mypy too.
-S3Client: TypeAlias = Any
 
 
 class _ObjectError(PipelineError):
@@ -192,39 +184,6 @@ def _values(event: Mapping[str, Any], output: Mapping[str, Any]) -> dict[str, st
     }
 
 
-def s3_client(
-    region: str | None,
-    *,
-    endpoint_url: str | None = None,
-    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-) -> S3Client:
-    """A boto3 S3 client for ``region``, with the default credential chain and SigV4.
-
-    Without ``endpoint_url`` it talks to COS (``https://cos.{region}.myqcloud.com``,
-    virtual-hosted buckets); with one (MinIO, moto, a proxy) it uses path-style addressing.
-    Checksums are only sent where required, which S3-compatible stores expect.
-    """
-    if endpoint_url is None:
-        if not region:
-            raise ConfigError("no region for the COS endpoint; set CICB_S3_ENDPOINT_URL")
-        endpoint_url = f"https://cos.{region}.myqcloud.com"
-        addressing = "virtual"
-    else:
-        addressing = "path"
-    config = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": addressing},
-        connect_timeout=connect_timeout_s,
-        read_timeout=read_timeout_s,
-        retries={"mode": "standard", "max_attempts": max_attempts},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    return boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
-
-
 def copy_outputs(
     event: Mapping[str, Any],
     *,
@@ -235,8 +194,9 @@ def copy_outputs(
 ) -> list[CopyResult]:
     """Copy every object in ``event["outputs"]`` to ``target``, server side, in order.
 
-    ``client_for(region)`` gives the client for a region (see ``s3_client``). Objects larger
-    than ``multipart_threshold_bytes`` are copied in parts of at least ``part_size_bytes``.
+    ``client_for(region)`` gives the client for a region (``pipeline.actions.s3``). Objects
+    larger than ``multipart_threshold_bytes`` are copied in parts of at least
+    ``part_size_bytes``.
     Stops at the first failure: ``SourceMissing``, ``CopyRejected``, ``ChecksumMismatch``,
     ``TemplateValueMissing`` (permanent) or ``CopyFailed`` (transient); a retry skips what
     is already copied. Raises ``ConfigError`` on sizes S3 cannot honour. An event without

@@ -12,10 +12,9 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
-from urllib.parse import urlsplit
 
 import redis
-from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos import CosS3Client
 from qcloud_cos.cos_comm import format_bucket
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
@@ -24,10 +23,6 @@ from pipeline.parsing.load import load
 
 DEFAULT_MAX_ATTEMPTS: Final = 2
 DEFAULT_ATTEMPT_TTL_S: Final = 7 * 24 * 3600
-DEFAULT_TIMEOUT_S: Final = 30
-# The SDK retries 5xx and network errors itself, sleeping in the worker; creating a job is
-# not idempotent (a lost answer plus a blind retry makes two jobs), so retries are Celery's.
-DEFAULT_SDK_RETRIES: Final = 0
 
 # Failures a second run of the same request cannot fix: the input object or the request is
 # wrong. CI's input errors first; then CI/COS request errors; then the input errors of
@@ -335,39 +330,3 @@ def _job_id_of(answer: Any) -> str:
     if not isinstance(job_id, str) or not job_id:
         raise ResubmitRejected(200, None, f"no JobsDetail.JobId in the answer: {answer!r:.300}")
     return job_id
-
-
-def cos_client(
-    *,
-    secret_id: str,
-    secret_key: str,
-    region: str,
-    endpoint: str | None = None,
-    scheme: str = "https",
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    sdk_retries: int = DEFAULT_SDK_RETRIES,
-) -> CosS3Client:
-    """An SDK client for CI in ``region``.
-
-    With ``endpoint`` (``host:port``) every request goes to that host instead, through the
-    SDK's ``IP``/``Port`` settings; the Host header (which the request is signed with) stays
-    the real CI one, ``<bucket>.ci.<region>.myqcloud.com``, as a proxy or a test server
-    expects. A client built this way serves CI calls only.
-    """
-    options: dict[str, Any] = {}
-    if endpoint is not None:
-        parts = urlsplit(f"//{endpoint}")
-        if not parts.hostname:
-            raise ConfigError(f"CICB_CI_ENDPOINT must be a URL with a host, got {endpoint!r}")
-        # With IP set the SDK sends Host: <bucket>.<Endpoint>; make that CI's host name.
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        options = {"IP": host, "Port": parts.port, "Endpoint": f"ci.{region}.myqcloud.com"}
-    config = CosConfig(
-        Region=region,
-        SecretId=secret_id,
-        SecretKey=secret_key,
-        Scheme=scheme,
-        Timeout=timeout_s,
-        **options,
-    )
-    return CosS3Client(config, retry=sdk_retries)

@@ -23,8 +23,8 @@ from pipeline.actions.copying import (
     TemplateValueMissing,
     classify,
     copy_outputs,
-    s3_client,
 )
+from pipeline.actions.s3 import s3_client
 from pipeline.errors import ConfigError, PermanentError, TransientError
 from pipeline.parsing.reader import parse
 from tests.support import free_port

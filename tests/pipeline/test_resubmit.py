@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from pipeline.actions.cos import cos_client
 from pipeline.actions.resubmit import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_NEVER_RETRY_CODES,
@@ -18,7 +19,6 @@ from pipeline.actions.resubmit import (
     ResubmitFailed,
     ResubmitRejected,
     build_job_request,
-    cos_client,
     decide,
     resubmit,
 )
