@@ -8,16 +8,15 @@ from typing import Any
 
 import redis
 
-from pipeline.routing import Route
+from pipeline import Route, task
 from workers.app import app
-from workers.base import PipelineTask
 
 counter = redis.Redis.from_url(os.environ["CICB_BROKER_URL"])
 
 routes = [Route("bench", ["bench.noop"])]
 
 
-@app.task(base=PipelineTask, name="bench.noop")
+@task(name="bench.noop")
 def noop(event: dict[str, Any]) -> None:
     counter.incr("bench:done")
 
