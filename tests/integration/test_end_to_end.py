@@ -11,13 +11,15 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.support import (
     CICB,
-    SHARED_SAMPLES,
+    SAMPLES,
+    SHARED_SAMPLE_NAMES,
     TOKEN,
     Stack,
     Target,
     cicb_env,
     free_port,
     run_cli,
+    shared_samples,
     start_receiver,
     user_routes,
     wait_until,
@@ -27,7 +29,8 @@ pytestmark = pytest.mark.integration
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
-SAMPLES = sorted(SHARED_SAMPLES.iterdir())
+TTS = SAMPLES / "tts_success.xml"
+TTS_JOB_ID = "j707f4864f86811ecb90d0b03267ce0e5"
 
 CANCELLED_JOB = b"""<Response><EventName>TaskFinish</EventName><JobsDetail>
 <Code>Success</Code><JobId>jcancelled0000000000000000000001</JobId><State>Cancel</State>
@@ -47,12 +50,13 @@ def callback_outcome(stack: Stack, request_id: str) -> str:
     return str(wait_until(logged, what=f"callback {request_id}"))
 
 
-def test_each_sample_reaches_the_notify_target_as_the_normalized_event(
+def test_each_shared_sample_reaches_the_notify_target_as_the_normalized_event(
     make_stack: object, target: Target
 ) -> None:
+    folder = shared_samples()
     stack = make_stack(CICB_NOTIFY_URLS=target.url)  # type: ignore[operator]
     expected, outcomes = [], {}
-    for sample in SAMPLES:
+    for sample in (folder / name for name in SHARED_SAMPLE_NAMES):
         response = stack.post(sample.read_bytes())
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "accepted"
@@ -70,6 +74,13 @@ def test_each_sample_reaches_the_notify_target_as_the_normalized_event(
     }
     received = target.wait_for(len(expected))
     assert sorted(received, key=json.dumps) == sorted(expected, key=json.dumps)
+    # What the samples hold, written out: not only what `cicb parse` makes of them.
+    identities = [(e["event"], e["job_id"] or e["run_id"], e["tag"], e["state"]) for e in received]
+    assert sorted(identities, key=str) == [
+        ("TaskFinish", "j06668dc0f86811ecb90d0b03267ce0e5", "SuperResolution", "Success"),
+        ("TaskFinish", TTS_JOB_ID, "Tts", "Success"),
+        ("WorkflowFinish", "i70ae991a152911ecb184525400a8700f", None, "Success"),
+    ]
     assert all(r["headers"]["Content-Type"] == "application/json" for r in target.received)
     assert stack.dead_letters() == []
     log = stack.worker.log()
@@ -119,7 +130,7 @@ def test_notify_retries_then_dead_letters_and_replay_delivers(
 ) -> None:
     stack = make_stack(CICB_NOTIFY_URLS=target.url, CICB_MAX_RETRIES="1")  # type: ignore[operator]
     target.default_status = 503
-    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+    assert stack.post(TTS.read_bytes()).status_code == 200
 
     letters = wait_until(stack.dead_letters, timeout_s=30, what="notify dead letter")
     assert letters[0]["task"] == "cicb.notify"
@@ -131,14 +142,14 @@ def test_notify_retries_then_dead_letters_and_replay_delivers(
     target.default_status = 200
     assert "replayed 1" in stack.cli("dlq", "replay", "--all").stdout
     [event] = target.wait_for(1)
-    assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
+    assert event["job_id"] == TTS_JOB_ID
     assert stack.dead_letters() == []
 
 
 def test_a_refusing_target_is_dead_lettered_at_once(make_stack: object, target: Target) -> None:
     stack = make_stack(CICB_NOTIFY_URLS=target.url)  # type: ignore[operator]
     target.default_status = 404
-    assert stack.post((SHARED_SAMPLES / "workflow_finish.xml").read_bytes()).status_code == 200
+    assert stack.post((SAMPLES / "workflowfinish_success.xml").read_bytes()).status_code == 200
     [letter] = wait_until(stack.dead_letters, what="dead letter")
     assert letter["task"] == "cicb.notify"
     assert letter["attempts"] == 1
@@ -178,14 +189,12 @@ def test_custom_routes_from_a_user_module(
     assert [r["name"] for r in table][:2] == ["transcodes", "myroutes.mark"]
     assert table[1]["chain"] == ["myroutes.mark", "cicb.notify"]
 
-    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+    assert stack.post(TTS.read_bytes()).status_code == 200
     received = wait_until(lambda: len(target.received) >= 2 and target.received, what="chain")
     assert received[0]["path"] == "/hook/mark"  # the chain runs in order
-    assert json.loads(received[0]["body"]) == {"marked": "j707f4864f86811ecb90d0b03267ce0e5"}
+    assert json.loads(received[0]["body"]) == {"marked": TTS_JOB_ID}
     assert json.loads(received[1]["body"])["tag"] == "Tts"
-    explained = json.loads(
-        stack.cli("routes", "explain", str(SHARED_SAMPLES / "tts_api.xml"), "--json").stdout
-    )
+    explained = json.loads(stack.cli("routes", "explain", str(TTS), "--json").stdout)
     assert explained["route"] == "myroutes.mark"
 
 
@@ -193,14 +202,14 @@ def test_receiver_answers_503_when_the_broker_is_down(tmp_path: Path) -> None:
     env = cicb_env(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     receiver, url = start_receiver(env, tmp_path / "receiver.log")
     try:
-        body = (SHARED_SAMPLES / "tts_api.xml").read_bytes()
+        body = TTS.read_bytes()
         response = httpx.post(f"{url}/callbacks?token={TOKEN}", content=body, timeout=30)
         assert response.status_code == 503
         assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503
         assert httpx.get(f"{url}/healthz").status_code == 200
         sent = run_cli(
             "send",
-            str(SHARED_SAMPLES / "tts_api.xml"),
+            str(TTS),
             "--url",
             f"{url}/callbacks",
             env=env,
@@ -228,7 +237,7 @@ def test_replay_of_a_failed_chain_step_runs_the_rest_of_the_chain(
         "        raise PermanentError('not fixed yet')\n",
     )
     stack = make_stack(CICB_NOTIFY_URLS=target.url, **routes)  # type: ignore[operator]
-    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+    assert stack.post(TTS.read_bytes()).status_code == 200
     [letter] = wait_until(stack.dead_letters, what="dead letter")
     assert letter["task"] == "flakyroutes.check"
     assert letter["reason"] == "not fixed yet"
@@ -237,7 +246,7 @@ def test_replay_of_a_failed_chain_step_runs_the_rest_of_the_chain(
     marker.touch()
     stack.cli("dlq", "replay", str(letter["id"]))
     [event] = target.wait_for(1)  # the step ran, then the rest of its chain
-    assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"
+    assert event["job_id"] == TTS_JOB_ID
     assert stack.dead_letters() == []
 
 
@@ -264,7 +273,7 @@ def test_a_users_action_is_retried_with_backoff_then_its_chain_goes_on(
         CICB_NOTIFY_SECRET=WEBHOOK_SECRET,
         **routes,
     )
-    assert stack.post((SHARED_SAMPLES / "tts_api.xml").read_bytes()).status_code == 200
+    assert stack.post(TTS.read_bytes()).status_code == 200
     [event] = target.wait_for(1, timeout_s=60)
     assert tries.read_text() == "xxx"  # two transient failures, then success
     assert stack.dead_letters() == []

@@ -14,7 +14,7 @@ import pytest
 from tests.support import (
     CICB,
     ROOT,
-    SHARED_SAMPLES,
+    SAMPLES,
     Process,
     Target,
     free_port,
@@ -65,7 +65,7 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
         token = (tmp_path / ".cicb" / "token").read_text().strip()
         assert f"{receiver}/callbacks?token={token}" in up.log()
 
-        sent = run_cli("send", str(SHARED_SAMPLES / "tts_api.xml"), env=env, cwd=tmp_path)
+        sent = run_cli("send", str(SAMPLES / "tts_success.xml"), env=env, cwd=tmp_path)
         assert ": 200 " in sent.stdout
         [event] = target.wait_for(1)
         assert event["job_id"] == "j707f4864f86811ecb90d0b03267ce0e5"

@@ -6,7 +6,6 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +26,8 @@ from pipeline.actions.copying import (
 from pipeline.actions.s3 import s3_client
 from pipeline.errors import ConfigError, PermanentError, TransientError
 from pipeline.parsing.reader import parse
-from tests.support import free_port
+from tests.support import SAMPLES, free_port
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 MIB = 1024 * 1024
 REGION = "ap-chongqing"
 
@@ -57,11 +55,9 @@ def buckets(s3: Any) -> tuple[str, str]:
 
 def tts_event(bucket: str, *, md5: str | None) -> dict[str, Any]:
     """The TTS sample as ``notify`` would send it, with its output in ``bucket``."""
-    (event,) = parse((SAMPLES / "tts_api.xml").read_bytes())
+    (event,) = parse((SAMPLES / "tts_success.xml").read_bytes())
     data = event.to_dict()
-    data["outputs"] = [
-        {"bucket": bucket, "region": REGION, "key": "output/aixiaonan.mp3", "md5": md5}
-    ]
+    data["outputs"] = [{"bucket": bucket, "region": REGION, "key": "output/hello.mp3", "md5": md5}]
     return data
 
 
@@ -88,7 +84,7 @@ def test_tts_output_is_copied_to_the_templated_destination(
     md5 = put(
         s3,
         src,
-        "output/aixiaonan.mp3",
+        "output/hello.mp3",
         body,
         ContentType="audio/mpeg",
         Metadata={"voice": "aixiaonan"},
@@ -98,9 +94,9 @@ def test_tts_output_is_copied_to_the_templated_destination(
 
     (result,) = copy_outputs(event, target=target, client_for=client_for)
 
-    key = "tts/Tts/j707f4864f86811ecb90d0b03267ce0e5/aixiaonan.mp3"
+    key = "tts/Tts/j707f4864f86811ecb90d0b03267ce0e5/hello.mp3"
     assert (result.dest_bucket, result.dest_key) == (dst, key)
-    assert (result.source_bucket, result.source_key) == (src, "output/aixiaonan.mp3")
+    assert (result.source_bucket, result.source_key) == (src, "output/hello.mp3")
     assert (result.status, result.size_bytes, result.multipart) == (COPIED, 4096, False)
     assert read(s3, dst, key) == body
     head = s3.head_object(Bucket=dst, Key=key)
@@ -144,7 +140,7 @@ def test_large_objects_are_copied_in_parts(
 ) -> None:
     src, dst = buckets
     body = os.urandom(11 * MIB + 123)
-    md5 = put(s3, src, "output/aixiaonan.mp3", body)
+    md5 = put(s3, src, "output/hello.mp3", body)
     event = tts_event(src, md5=md5)
     target = CopyTarget.parse(f"s3://{dst}/{{job_id}}/")
     options = {"multipart_threshold_bytes": 5 * MIB, "part_size_bytes": 5 * MIB}
@@ -175,7 +171,7 @@ def test_a_multipart_copy_that_fails_midway_is_aborted_and_redone(
 ) -> None:
     src, dst = buckets
     body = os.urandom(11 * MIB)
-    event = tts_event(src, md5=put(s3, src, "output/aixiaonan.mp3", body))
+    event = tts_event(src, md5=put(s3, src, "output/hello.mp3", body))
     target = CopyTarget.parse(f"s3://{dst}/")
     options = {"multipart_threshold_bytes": 5 * MIB, "part_size_bytes": 5 * MIB}
     calls: list[int] = []
@@ -195,14 +191,14 @@ def test_a_multipart_copy_that_fails_midway_is_aborted_and_redone(
 
     (result,) = copy_outputs(event, target=target, client_for=client_for, **options)
     assert (result.status, result.multipart) == (COPIED, True)
-    assert read(s3, dst, "aixiaonan.mp3") == body
+    assert read(s3, dst, "hello.mp3") == body
 
 
 def test_a_copy_that_does_not_match_its_source_is_removed(
     s3: Any, buckets: tuple[str, str]
 ) -> None:
     src, dst = buckets
-    event = tts_event(src, md5=put(s3, src, "output/aixiaonan.mp3", b"voice"))
+    event = tts_event(src, md5=put(s3, src, "output/hello.mp3", b"voice"))
 
     def copies_garbage(**kwargs: Any) -> Any:
         return s3.put_object(Bucket=kwargs["Bucket"], Key=kwargs["Key"], Body=b"garbage!")
@@ -210,37 +206,37 @@ def test_a_copy_that_does_not_match_its_source_is_removed(
     broken = Faulty(s3, copy_object=copies_garbage)
     with pytest.raises(ChecksumMismatch, match="8 bytes, source has 5") as caught:
         copy_outputs(event, target=CopyTarget.parse(f"s3://{dst}/"), client_for=lambda r: broken)
-    assert (caught.value.bucket, caught.value.key) == (dst, "aixiaonan.mp3")
+    assert (caught.value.bucket, caught.value.key) == (dst, "hello.mp3")
     with pytest.raises(ClientError, match="404"):
-        s3.head_object(Bucket=dst, Key="aixiaonan.mp3")
+        s3.head_object(Bucket=dst, Key="hello.mp3")
 
 
 def test_a_rerun_skips_what_is_already_copied(
     s3: Any, buckets: tuple[str, str], client_for: Any
 ) -> None:
     src, dst = buckets
-    event = tts_event(src, md5=put(s3, src, "output/aixiaonan.mp3", b"voice"))
+    event = tts_event(src, md5=put(s3, src, "output/hello.mp3", b"voice"))
     target = CopyTarget.parse(f"s3://{dst}/{{date}}/")
 
     (first,) = copy_outputs(event, target=target, client_for=client_for)
     (second,) = copy_outputs(event, target=target, client_for=client_for)
 
-    assert first.dest_key == "2022-06-30/aixiaonan.mp3"
+    assert first.dest_key == "2022-06-30/hello.mp3"
     assert (first.status, second.status) == (COPIED, ALREADY_COPIED)
-    assert versions(s3, dst) == ["2022-06-30/aixiaonan.mp3"]
+    assert versions(s3, dst) == ["2022-06-30/hello.mp3"]
 
 
 def test_a_different_object_at_the_destination_is_replaced(
     s3: Any, buckets: tuple[str, str], client_for: Any
 ) -> None:
     src, dst = buckets
-    event = tts_event(src, md5=put(s3, src, "output/aixiaonan.mp3", b"new voice"))
-    put(s3, dst, "aixiaonan.mp3", b"old voice")
+    event = tts_event(src, md5=put(s3, src, "output/hello.mp3", b"new voice"))
+    put(s3, dst, "hello.mp3", b"old voice")
 
     (result,) = copy_outputs(event, target=CopyTarget.parse(f"s3://{dst}/"), client_for=client_for)
 
     assert result.status == COPIED
-    assert read(s3, dst, "aixiaonan.mp3") == b"new voice"
+    assert read(s3, dst, "hello.mp3") == b"new voice"
 
 
 def test_a_missing_source_is_a_permanent_error_naming_it(
@@ -252,22 +248,22 @@ def test_a_missing_source_is_a_permanent_error_naming_it(
             tts_event(src, md5=None), target=CopyTarget.parse(f"s3://{dst}/"), client_for=client_for
         )
     assert isinstance(caught.value, PermanentError)
-    assert f"s3://{src}/output/aixiaonan.mp3" in str(caught.value)
-    assert (caught.value.bucket, caught.value.key) == (src, "output/aixiaonan.mp3")
+    assert f"s3://{src}/output/hello.mp3" in str(caught.value)
+    assert (caught.value.bucket, caught.value.key) == (src, "output/hello.mp3")
 
 
 def test_an_md5_that_differs_from_what_ci_reported_is_permanent(
     s3: Any, buckets: tuple[str, str], client_for: Any
 ) -> None:
     src, dst = buckets
-    put(s3, src, "output/aixiaonan.mp3", b"not what CI wrote")
+    put(s3, src, "output/hello.mp3", b"not what CI wrote")
     event = tts_event(src, md5="5b2ca33cd7357abb1e0ea29f57544df9")
 
     with pytest.raises(ChecksumMismatch, match="5b2ca33cd7357abb1e0ea29f57544df9") as caught:
         copy_outputs(event, target=CopyTarget.parse(f"s3://{dst}/"), client_for=client_for)
 
     assert isinstance(caught.value, PermanentError)
-    assert caught.value.key == "output/aixiaonan.mp3"
+    assert caught.value.key == "output/hello.mp3"
     assert versions(s3, dst) == []
 
 
@@ -275,7 +271,7 @@ def test_a_missing_destination_bucket_is_permanent(
     s3: Any, buckets: tuple[str, str], client_for: Any
 ) -> None:
     src, _ = buckets
-    event = tts_event(src, md5=put(s3, src, "output/aixiaonan.mp3", b"voice"))
+    event = tts_event(src, md5=put(s3, src, "output/hello.mp3", b"voice"))
     with pytest.raises(CopyRejected, match="NoSuchBucket") as caught:
         copy_outputs(
             event, target=CopyTarget.parse("s3://no-such-bucket-cicb/"), client_for=client_for

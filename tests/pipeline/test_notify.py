@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,9 +19,8 @@ from pipeline.actions.signing import webhook_secret_bytes
 from pipeline.actions.targets import Target as NotifyTarget
 from pipeline.errors import ConfigError, DeliveryError, PermanentError, TransientError
 from pipeline.parsing.reader import parse
-from tests.support import Target, free_port
+from tests.support import SAMPLES, Target, free_port
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 FAILED_JOB = b"""<Response><EventName>TaskFinish</EventName><JobsDetail>
@@ -39,7 +37,7 @@ def client() -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def event() -> dict[str, Any]:
-    [parsed] = parse((SAMPLES / "tts_api.xml").read_bytes())
+    [parsed] = parse((SAMPLES / "tts_success.xml").read_bytes())
     data = parsed.to_dict()
     data["user_data"] = "回调 ✓"
     return data
@@ -194,7 +192,7 @@ def test_dingtalk_is_signed_with_its_secret_taken_out_of_the_url(
     assert query["sign"] == [base64.b64encode(expected).decode()]
     body = json.loads(request["body"])
     assert body["msgtype"] == "markdown"
-    assert "output/aixiaonan.mp3" in body["markdown"]["text"]
+    assert "output/hello.mp3" in body["markdown"]["text"]
 
 
 def test_feishu_is_signed_in_the_body(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -17,7 +18,8 @@ from starlette.applications import Starlette
 
 from pipeline.brokers.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ConfigError
-from pipeline.receiver.access import AddressFilter, parse_address
+from pipeline.receiver import app as receiver
+from pipeline.receiver.access import LogThrottle
 from pipeline.receiver.app import create_app
 from pipeline.settings import Settings
 
@@ -429,13 +431,51 @@ def test_a_refusal_is_logged_with_address_and_id_never_the_token(
         assert secret not in text
 
 
-def test_refusals_are_logged_at_most_ten_a_minute(
-    tmp_path: Path, fake: FakeEnqueuer, lines: Lines
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock of the receiver's refusal-log throttle, for the apps the test creates."""
+    clock = Clock()
+    monkeypatch.setattr(receiver, "LogThrottle", functools.partial(LogThrottle, clock=clock))
+    return clock
+
+
+def test_refusals_are_logged_at_most_ten_a_minute_then_counted_in_one_line(
+    tmp_path: Path, fake: FakeEnqueuer, lines: Lines, clock: Clock
 ) -> None:
     app = make_app(tmp_path, fake, allowed_cidrs=("10.0.0.0/8",))
     asyncio.run(send(app, *[callback(token="wrong") for _ in range(50)]))
     assert len(lines.named("callback.refused")) == 10
     assert lines.named("callback.refusals_suppressed") == []  # said at the next window
+
+    clock.now += 59.9  # still the same minute: counted, not logged
+    asyncio.run(send(app, callback(token="wrong")))
+    assert len(lines.named("callback.refused")) == 10
+    assert lines.named("callback.refusals_suppressed") == []
+
+    clock.now += 0.1  # the next minute: one line for the 41 left out, then the refusal
+    asyncio.run(send(app, callback(token="wrong", **{"X-Request-Id": "next-minute"})))
+    [summary] = lines.named("callback.refusals_suppressed")
+    assert summary["count"] == 41
+    refused = lines.named("callback.refused")
+    assert len(refused) == 11
+    assert refused[-1]["request_id"] == "next-minute"
+    assert lines.events.index(summary) < lines.events.index(refused[-1])
+
+    # A window without refusals past the limit ends with no summary at all.
+    clock.now += 60
+    asyncio.run(send(app, callback(token="wrong")))
+    assert len(lines.named("callback.refusals_suppressed")) == 1
+    assert len(lines.named("callback.refused")) == 12
     assert fake.envelopes == []
 
 
@@ -532,6 +572,26 @@ def test_content_types_and_encodings_are_not_the_receivers_business(
 # -- a fuzz run -----------------------------------------------------------------------------
 
 
+# What a client or a proxy may write as an X-Forwarded-For entry: the text, the address the
+# receiver must take from it (None: no address, the peer decides), and whether it is inside
+# the fuzz run's networks, 198.51.100.0/24 and 2001:db8::/32. Written out by hand, not
+# computed with the code under test.
+FORWARDED: list[tuple[str, str | None, bool]] = [
+    ("198.51.100.7", "198.51.100.7", True),
+    ("198.51.100.7:8443", "198.51.100.7", True),
+    ('"198.51.100.200"', "198.51.100.200", True),
+    ("198.51.101.7", "198.51.101.7", False),
+    ("203.0.113.1", "203.0.113.1", False),
+    ("2001:db8::3", "2001:db8::3", True),
+    ("[2001:DB8:0::3]:443", "2001:db8::3", True),
+    ("2001:db9::3", "2001:db9::3", False),
+    ("::1", "::1", False),
+    ("198.51.100.256", None, False),
+    ("unknown", None, False),
+    ("junk", None, False),
+]
+
+
 def test_a_fuzz_run_of_random_requests(tmp_path: Path, fake: FakeEnqueuer) -> None:
     """Random bodies, chunkings, tokens, content types, forwarded addresses and request ids,
     for ``CICB_RECEIVER_FUZZ_SECONDS`` (default 2): each answer is the one expected, never a
@@ -552,10 +612,11 @@ def test_a_fuzz_run_of_random_requests(tmp_path: Path, fake: FakeEnqueuer) -> No
     def header_text(n: int) -> str:
         return "".join(rng.choice(printable) for _ in range(n)).strip()
 
-    def address() -> str:
-        return rng.choice(
-            ["198.51.100.7", "203.0.113.1", "2001:db8::3", "::1", "junk", header_text(12)]
-        )
+    def forwarded_entry() -> tuple[str, str | None, bool]:
+        if rng.random() < 0.2:
+            # Noise: starts with a letter that is no hex digit, and has no comma.
+            return "x" + header_text(11).replace(",", ""), None, False
+        return rng.choice(FORWARDED)
 
     async def go() -> int:
         transport = httpx.ASGITransport(app=app, client=("192.0.2.1", 1))
@@ -568,7 +629,8 @@ def test_a_fuzz_run_of_random_requests(tmp_path: Path, fake: FakeEnqueuer) -> No
                     rng.choice([0, 1, 17, LIMIT, LIMIT + 1, rng.randrange(2 * LIMIT)])
                 )
                 token = rng.choice([TOKEN, "second", "", TOKEN + "x", header_text(8)])
-                forwarded = ", ".join(address() for _ in range(rng.randrange(3)))
+                entries = [forwarded_entry() for _ in range(rng.randrange(3))]
+                forwarded = ", ".join(text for text, _, _ in entries)
                 headers = {"X-Callback-Token": token, "Content-Type": header_text(20)}
                 if forwarded:
                     headers["X-Forwarded-For"] = forwarded
@@ -583,11 +645,11 @@ def test_a_fuzz_run_of_random_requests(tmp_path: Path, fake: FakeEnqueuer) -> No
                 before = len(fake.envelopes)
                 raw = {k.encode(): v.encode() for k, v in headers.items()}
                 answer = await http.post("/callbacks", content=chunks(), headers=raw)
-                # What the app sees: the header's bytes as Latin-1, as ASGI servers give them.
-                wire = forwarded.encode().decode("latin-1")
-                last = wire.split(",")[-1] if wire else ""
-                remote = parse_address(last) or "192.0.2.1"
-                if not AddressFilter(("198.51.100.0/24", "2001:db8::/32")).allows(remote):
+                # The last entry is the one the proxy appended; without one that is an
+                # address, the peer (192.0.2.1, outside the networks) is the client.
+                _, address, allowed = entries[-1] if entries else ("", None, False)
+                remote = address or "192.0.2.1"
+                if not allowed:
                     expected = 403
                 elif token not in (TOKEN, "second"):
                     expected = 401
