@@ -131,3 +131,24 @@ def test_parse_prints_a_list_for_several_jobs(env: dict[str, str], tmp_path: Pat
         ("j1", "Transcode", "Success"),
         ("j2", "Snapshot", "Failed"),
     ]
+
+
+def test_cicb_finds_route_modules_from_the_current_directory(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # As `celery -A` does: a user's package in the folder the command runs in.
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "routes.py").write_text(
+        "from pipeline import Route\n"
+        "routes = [Route('covers', ['notify'], tag='SmartCover', state='Success')]\n"
+    )
+    user_env = {**env, "CICB_ROUTES": "myapp.routes"}
+    user_env.pop("PYTHONPATH", None)
+    done = run_cli("routes", "--json", env=user_env, cwd=tmp_path)
+    first = json.loads(done.stdout)[0]
+    assert (first["name"], first["tag"], first["chain"]) == (
+        "covers",
+        ["SmartCover"],
+        ["cicb.notify"],
+    )
