@@ -2,6 +2,10 @@
 
 Events are frozen dataclasses inside a process and plain JSON (``to_dict``) across the
 broker; ``event_from_dict`` turns that JSON back into the same event.
+
+Every event has a ``source``: ``"callback"`` when CI sent it, ``"query"`` when it was read
+from the answer of one of CI's job queries. It is a plain string, not part of the
+deduplication key: the same job in the same state is one event, however it was learned.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pipeline.parsing.values import (
     KIND_JOB,
     KIND_MODERATION,
     KIND_WORKFLOW,
+    SOURCE_CALLBACK,
+    SOURCE_QUERY,
     InputObject,
     OutputObject,
     SubFailure,
@@ -33,6 +39,8 @@ __all__ = [
     "KIND_JOB",
     "KIND_MODERATION",
     "KIND_WORKFLOW",
+    "SOURCE_CALLBACK",
+    "SOURCE_QUERY",
     "TASK_FINISH",
     "WORKFLOW_FINISH",
     "Event",
@@ -86,16 +94,17 @@ class WorkflowTask:
 
 @dataclass(frozen=True, slots=True)
 class JobEvent:
-    """A ``TaskFinish`` callback: one job reached ``state``.
+    """A ``TaskFinish`` callback (or a job read from a query answer): one job reached ``state``.
 
     ``code`` and ``message`` only mean something when the job failed; ``message`` is None
     on success. ``operation`` is Tencent's raw Operation node, normalized (no empty values,
-    strings only, one-or-many nodes always lists). Times are timezone-aware.
+    strings only, one-or-many nodes always lists). Times are timezone-aware. ``tag`` is
+    None when CI sent none and no result node names it.
     """
 
     event: str
     job_id: str
-    tag: str
+    tag: str | None
     state: str
     code: str | None
     message: str | None
@@ -112,6 +121,7 @@ class JobEvent:
     operation: Mapping[str, Any]
     sub_tag: str | None = None
     sub_failures: tuple[SubFailure, ...] = ()
+    source: str = SOURCE_CALLBACK
 
     @property
     def kind(self) -> str:
@@ -144,12 +154,14 @@ class JobEvent:
             "template_name": self.template_name,
             "sub_failures": [f.to_dict() for f in self.sub_failures],
             "operation": copy.deepcopy(dict(self.operation)),
+            "source": self.source,
         }
 
 
 @dataclass(frozen=True, slots=True)
 class WorkflowEvent:
-    """A ``WorkflowFinish`` callback: a whole workflow run reached ``state``."""
+    """A ``WorkflowFinish`` callback (or a run read from a workflow execution query): a whole
+    workflow run reached ``state``."""
 
     event: str
     run_id: str
@@ -159,6 +171,7 @@ class WorkflowEvent:
     input: InputObject | None
     created_at: datetime | None
     tasks: tuple[WorkflowTask, ...]
+    source: str = SOURCE_CALLBACK
 
     @property
     def tag(self) -> None:
@@ -191,6 +204,7 @@ class WorkflowEvent:
             "input": self.input.to_dict() if self.input else None,
             "created_at": iso(self.created_at),
             "tasks": [t.to_dict() for t in self.tasks],
+            "source": self.source,
         }
 
 
@@ -236,6 +250,7 @@ class ModerationEvent(_RawEvent):
     data_id: str | None
     forbidden_state: str | None
     raw: Mapping[str, Any]
+    source: str = SOURCE_CALLBACK
 
     @property
     def kind(self) -> str:
@@ -257,6 +272,7 @@ class ModerationEvent(_RawEvent):
             "data_id": self.data_id,
             "forbidden_state": self.forbidden_state,
             "raw": copy.deepcopy(dict(self.raw)),
+            "source": self.source,
         }
 
 
@@ -273,6 +289,7 @@ class GenericEvent(_RawEvent):
     job_id: str | None
     state: str
     raw: Mapping[str, Any]
+    source: str = SOURCE_CALLBACK
 
     @property
     def kind(self) -> str:
@@ -286,6 +303,7 @@ class GenericEvent(_RawEvent):
             "tag": None,
             "state": self.state or None,
             "raw": copy.deepcopy(dict(self.raw)),
+            "source": self.source,
         }
 
 
@@ -293,10 +311,19 @@ Event: TypeAlias = JobEvent | WorkflowEvent | ModerationEvent | GenericEvent
 
 
 def event_from_dict(d: Mapping[str, Any]) -> Event:
-    """Rebuild the event that ``to_dict`` produced; raises ParseError on anything else."""
-    kind = d.get("event")
+    """Rebuild the event that ``to_dict`` produced; raises ParseError on anything else.
+
+    A dict without ``source`` (written before events had one, such as an old dead letter)
+    is a callback's. A dict without ``kind`` is read by its event name.
+    """
+    name = d.get("event")
+    by_name = {TASK_FINISH: KIND_JOB, WORKFLOW_FINISH: KIND_WORKFLOW}
+    kind = d.get("kind") or (by_name.get(name) if isinstance(name, str) else None)
     try:
-        if d.get("kind") == KIND_MODERATION:
+        source = d.get("source") or SOURCE_CALLBACK
+        if not isinstance(source, str):
+            raise TypeError(f"source must be a string, not {source!r}")
+        if kind == KIND_MODERATION:
             return ModerationEvent(
                 event=d["event"],
                 job_id=d.get("job_id"),
@@ -310,17 +337,19 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
                 data_id=d.get("data_id"),
                 forbidden_state=d.get("forbidden_state"),
                 raw=copy.deepcopy(dict(d.get("raw") or {})),
+                source=source,
             )
-        if d.get("kind") == KIND_GENERIC:
+        if kind == KIND_GENERIC:
             return GenericEvent(
                 event=d["event"],
                 job_id=d.get("job_id"),
                 state=d.get("state") or "",
                 raw=copy.deepcopy(dict(d.get("raw") or {})),
+                source=source,
             )
-        if kind == WORKFLOW_FINISH:
+        if kind == KIND_WORKFLOW:
             return WorkflowEvent(
-                event=kind,
+                event=d["event"],
                 run_id=d["run_id"],
                 workflow_id=d.get("workflow_id"),
                 workflow_name=d.get("workflow_name"),
@@ -328,13 +357,14 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
                 input=input_from(d.get("input")),
                 created_at=dt(d.get("created_at")),
                 tasks=tuple(_task_from(t) for t in d.get("tasks", ())),
+                source=source,
             )
-        if kind == TASK_FINISH:
+        if kind == KIND_JOB:
             wf = d.get("workflow")
             return JobEvent(
-                event=kind,
+                event=d["event"],
                 job_id=d["job_id"],
-                tag=d["tag"],
+                tag=d.get("tag"),
                 sub_tag=d.get("sub_tag"),
                 state=d["state"],
                 code=d.get("code"),
@@ -351,10 +381,11 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
                 template_name=d.get("template_name"),
                 operation=copy.deepcopy(dict(d.get("operation") or {})),
                 sub_failures=tuple(SubFailure(**f) for f in d.get("sub_failures", ())),
+                source=source,
             )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ParseError(f"not a serialized {kind} event: {exc!r}") from exc
-    raise ParseError(f"unknown event {kind!r}", path="event")
+        raise ParseError(f"not a serialized {name} event: {exc!r}") from exc
+    raise ParseError(f"unknown event {name!r}", path="event")
 
 
 def _task_from(t: Mapping[str, Any]) -> WorkflowTask:

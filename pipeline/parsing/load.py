@@ -2,8 +2,12 @@
 
 The format is decided by the body, never by the Content-Type. Both formats end in the same
 shape, so the XML and the JSON form of one callback normalize to equal documents: empty
-values are dropped, every scalar is a string, and the nodes Tencent sends one-or-many
-(``LIST_KEYS``) are always lists.
+values are dropped, every scalar is a string, the nodes Tencent sends one-or-many
+(``LIST_KEYS``) are always lists, and any other node that comes as a list of one is that
+one value (XML cannot tell a list of one from a single element; JSON sometimes wraps one).
+
+A body that is not well-formed is refused with a ParseError naming the line and column
+(both counted from 1, in the body as sent) where the reader gave up.
 
 Hostile bodies are refused before they cost much: a DTD (and with it every entity, internal
 or external) is rejected, nesting deeper than ``MAX_DEPTH`` and more than ``MAX_NODES``
@@ -44,7 +48,7 @@ _BOMS: Final = (
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 _WHITESPACE: Final = b" \t\r\n"
-_DECLARATION_RE: Final = re.compile(rb"^<\?xml[^>]*?\?>", re.IGNORECASE)
+_DECLARATION_RE: Final = re.compile(rb"<\?xml[^>]*?\?>", re.IGNORECASE)
 _ENCODING_RE: Final = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _DTD_RE: Final = re.compile(r"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 
@@ -109,14 +113,17 @@ def _decode(body: bytes, encoding: str) -> str:
 
 
 def _load_xml(raw: bytes, bom_encoding: str | None, xml_root: str) -> Any:
-    raw = raw.lstrip(_WHITESPACE)
     encoding = bom_encoding or "utf-8"
-    declaration = _DECLARATION_RE.match(raw)
+    start = len(raw) - len(raw.lstrip(_WHITESPACE))
+    declaration = _DECLARATION_RE.match(raw, start)
     if declaration is not None:
         declared = _ENCODING_RE.search(declaration.group(0))
         if declared is not None and bom_encoding is None:
             encoding = declared.group(1).decode("ascii")
-        raw = raw[declaration.end() :]
+        # Blanked, not cut, so expat's line and column are the body's own. The text is
+        # decoded here, so the declared encoding must not reach expat.
+        blank = re.sub(rb"[^\n]", b" ", declaration.group(0))
+        raw = raw[: declaration.start()] + blank + raw[declaration.end() :]
     try:
         codecs.lookup(encoding)
     except LookupError as exc:
@@ -141,7 +148,9 @@ def _parse_xml(text: str) -> Any:
     try:
         doc = xmltodict.parse(text, disable_entities=True, xml_attribs=False)
     except expat.ExpatError as exc:
-        raise ParseError(f"invalid XML: {exc}") from exc
+        # expat counts columns from 0; people (and json) count them from 1.
+        where = at(exc.lineno, exc.offset + 1)
+        raise ParseError(f"invalid XML {where}: {expat.ErrorString(exc.code)}") from exc
     except ValueError as exc:  # xmltodict's answer to an entity declaration
         raise ParseError(f"XML refused: {exc}") from exc
     return doc
@@ -155,7 +164,9 @@ def _load_json(text: str) -> Any:
         doc = json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
     except RecursionError as exc:
         raise ParseError(f"nested deeper than {MAX_DEPTH}") from exc
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"invalid JSON {at(exc.lineno, exc.colno)}: {exc.msg}") from exc
+    except ValueError as exc:  # a number too long to convert, say
         raise ParseError(f"invalid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ParseError(f"JSON callback must be an object, got {kind(doc)}")
@@ -166,7 +177,8 @@ def _load_json(text: str) -> Any:
 
 
 def normalize(value: Any, path: str = "", depth: int = 0) -> Any:
-    """Drop empty values, stringify scalars, make one-or-many nodes lists; None if empty."""
+    """Drop empty values, stringify scalars, make one-or-many nodes (``LIST_KEYS``) lists and
+    any other list of one its one item; None if empty."""
     if depth > MAX_DEPTH:
         raise ParseError(f"nested deeper than {MAX_DEPTH}", path=path)
     if isinstance(value, dict):
@@ -180,6 +192,8 @@ def normalize(value: Any, path: str = "", depth: int = 0) -> Any:
                 continue
             if key in LIST_KEYS and not isinstance(norm, list):
                 norm = [norm]
+            elif key not in LIST_KEYS and isinstance(norm, list) and len(norm) == 1:
+                norm = norm[0]
             out[key] = norm
         return out or None
     if isinstance(value, list):
@@ -196,6 +210,11 @@ def normalize(value: Any, path: str = "", depth: int = 0) -> Any:
     if value is None:
         return None
     raise ParseError(f"unexpected value of type {type(value).__name__}", path=path)
+
+
+def at(line: int, column: int) -> str:
+    """Where in the body a syntax error is, as every refusal of a malformed body says it."""
+    return f"at line {line}, column {column}"
 
 
 def join(path: str, key: str) -> str:

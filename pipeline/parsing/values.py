@@ -14,6 +14,11 @@ KIND_WORKFLOW: Final = "workflow"
 KIND_MODERATION: Final = "moderation"
 KIND_GENERIC: Final = "generic"
 
+# Where an event came from: a callback CI sent, or an answer of one of CI's job queries.
+# A plain string on every event, so a later stage can mark its own with dataclasses.replace.
+SOURCE_CALLBACK: Final = "callback"
+SOURCE_QUERY: Final = "query"
+
 
 @dataclass(frozen=True, slots=True)
 class OutputObject:

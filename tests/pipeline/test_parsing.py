@@ -384,9 +384,10 @@ def test_bad_bodies_raise_parse_error_only(body: bytes) -> None:
     ("body", "path"),
     [
         (job_xml("<Tag>Tts</Tag><State>Success</State>"), "JobsDetail[0].JobId"),
-        (job_xml("<JobId>j</JobId><State>Success</State>"), "JobsDetail[0].Tag"),
+        # No State, and no Code to infer it from.
         (job_xml("<JobId>j</JobId><Tag>Tts</Tag>"), "JobsDetail[0].State"),
-        ('{"JobsDetail": {"JobId": "j"}}', "EventName"),
+        ('{"JobsDetail": {"JobId": "j"}}', "JobsDetail[0].State"),
+        ('{"Jobs": {"JobId": "j"}}', "EventName"),
         ('{"EventName": "TaskFinish", "JobsDetail": "x"}', "JobsDetail[0]"),
         (
             '{"EventName": "TaskFinish", "JobsDetail": [{"JobId": "a", "Tag": "T", '

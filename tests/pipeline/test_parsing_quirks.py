@@ -434,7 +434,7 @@ def test_an_unexpected_exception_in_the_parser_is_a_parse_error_the_tests_tell_a
 ) -> None:
     """What assert_refused_on_purpose looks for is what parse says when it crashes."""
 
-    def crash(root: Any) -> list[Event]:
+    def crash(root: Any, source: str | None) -> list[Event]:
         raise IndexError("list index out of range")
 
     monkeypatch.setattr(reader, "_events", crash)
