@@ -1,8 +1,11 @@
 """The built-in actions routes can chain: notify, copy_output, retry_job.
 
-Each is a thin task over ``pipeline``; ``PipelineTask`` retries transient errors with
-backoff and jitter and dead-letters the rest. Their settings are read and checked when the
-worker starts, so a bad target, secret or template stops it with the reason.
+Each is a thin task over ``pipeline``: it receives the event as the JSON that crosses the
+broker (``to_dict``), decodes it once with ``event_from_dict`` (a dict that is not an event
+is a ``ParseError``, dead-lettered) and passes the typed event on. ``PipelineTask`` retries
+transient errors with backoff and jitter and dead-letters the rest. Their settings are read
+and checked when the worker starts, so a bad target, secret or template stops it with the
+reason.
 """
 
 from __future__ import annotations
@@ -16,14 +19,10 @@ from pipeline import logs
 from pipeline.actions.copying import copy_outputs
 from pipeline.actions.cos import cos_client
 from pipeline.actions.notify import notify as notify_targets
-from pipeline.actions.resubmit import (
-    AttemptStore,
-    NotResubmittable,
-    decide,
-    resubmit,
-)
+from pipeline.actions.resubmit import AttemptStore, decide, input_region, resubmit
 from pipeline.actions.s3 import S3Client, s3_client
 from pipeline.errors import ConfigError
+from pipeline.parsing.events import event_from_dict
 from workers.app import app
 from workers.base import PipelineTask, backoff_s
 from workers.resources import resources
@@ -68,6 +67,7 @@ def ci_client(region: str) -> Any:
 def notify(event: dict[str, Any], pending: list[str] | None = None) -> int:
     """Notify ``CICB_NOTIFY_URLS`` of the event (on a retry or replay, the targets pending)."""
     logs.bind_event(event)
+    decoded = event_from_dict(event)
     res = resources()
     targets = res.notify_targets
     if pending is not None:
@@ -78,7 +78,7 @@ def notify(event: dict[str, Any], pending: list[str] | None = None) -> int:
         log.warning("notify.no_targets")
         return 0
     # Targets failing for now raise TargetsPending: the task base retries only them.
-    notify_targets(http_client(), targets, event, webhook_key=res.webhook_key)
+    notify_targets(http_client(), targets, decoded, webhook_key=res.webhook_key)
     log.info("notified", targets=[t.describe() for t in targets])
     return len(targets)
 
@@ -87,10 +87,11 @@ def notify(event: dict[str, Any], pending: list[str] | None = None) -> int:
 def copy_output(event: dict[str, Any]) -> list[dict[str, Any]]:
     """Copy the event's outputs to ``CICB_COPY_DEST``, server side; skip what is already there."""
     logs.bind_event(event)
+    decoded = event_from_dict(event)
     target = resources().copy_target
     if target is None:
         raise ConfigError("copy_output is not configured: set CICB_COPY_DEST")
-    results = [r.to_dict() for r in copy_outputs(event, target=target, client_for=s3_for)]
+    results = [r.to_dict() for r in copy_outputs(decoded, target=target, client_for=s3_for)]
     log.info("outputs_copied", copies=results)
     return results
 
@@ -99,9 +100,10 @@ def copy_output(event: dict[str, Any]) -> list[dict[str, Any]]:
 def retry_job(event: dict[str, Any]) -> str:
     """Resubmit a Failed job after a backoff, or give up (dead letter) with the reason."""
     logs.bind_event(event)
+    decoded = event_from_dict(event)
     res = resources()
     decision = decide(
-        event,
+        decoded,
         attempts=attempt_store(),
         max_attempts=res.settings.retry_max_attempts,
         never_codes=res.never_retry_codes,
@@ -120,11 +122,8 @@ def retry_job(event: dict[str, Any]) -> str:
 def resubmit_job(event: dict[str, Any], attempt: int) -> str:
     """Submit the job again through CI's API as run number ``attempt``; return the new id."""
     logs.bind_event(event)
-    region = (event.get("input") or {}).get("region")
-    if not region:
-        raise NotResubmittable(event.get("job_id"), "the callback names no input region")
-    new_job_id = resubmit(
-        event, client=ci_client(region), attempts=attempt_store(), attempt=attempt
-    )
+    decoded = event_from_dict(event)
+    client = ci_client(input_region(decoded))
+    new_job_id = resubmit(decoded, client=client, attempts=attempt_store(), attempt=attempt)
     log.info("job_resubmitted", attempt=attempt, new_job_id=new_job_id)
     return new_job_id

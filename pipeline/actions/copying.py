@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from posixpath import basename
 from string import Formatter
 from typing import Any, Final, Literal
@@ -25,6 +24,8 @@ from botocore import exceptions as boto
 
 from pipeline.actions.s3 import S3Client
 from pipeline.errors import ConfigError, PermanentError, PipelineError, TransientError
+from pipeline.parsing.events import Event, JobEvent, WorkflowEvent
+from pipeline.parsing.values import OutputObject
 
 MIB: Final = 1024 * 1024
 MAX_SINGLE_COPY_BYTES: Final = 5 * 1024 * MIB  # CopyObject's limit, on S3 and COS alike
@@ -111,10 +112,11 @@ class CopyResult:
 class CopyTarget:
     """Where outputs go: ``s3://bucket/prefix/{tag}/{job_id}/``, optionally ``?region=...``.
 
-    Placeholders (in the bucket or the key) are filled from the normalized event: ``event``,
-    ``tag``, ``job_id``, ``run_id`` (the event's or its workflow's), ``state``, ``date``
-    (YYYY-MM-DD of ``ended_at``, else ``created_at``, in the event's own timezone), and from
-    each output: ``region``, ``bucket``, ``key`` (the source key), ``basename``.
+    Placeholders (in the bucket or the key) are filled from the event: ``event``, ``tag``,
+    ``job_id``, ``run_id`` (a workflow run's, or the run of the workflow that started the
+    job), ``state``, ``date`` (YYYY-MM-DD of ``ended_at``, else ``created_at``, in the
+    event's own timezone), and from each output: ``region``, ``bucket``, ``key`` (the source
+    key), ``basename``.
 
     A template ending in ``/`` is a prefix: the destination key is the filled prefix plus the
     source key's basename (the prefix already says which job; write ``{key}`` for the full
@@ -148,7 +150,7 @@ class CopyTarget:
         region = query["region"][0] if "region" in query else None
         return cls(template, bucket=parts.netloc, key=parts.path.lstrip("/"), region=region)
 
-    def destination(self, event: Mapping[str, Any], output: Mapping[str, Any]) -> tuple[str, str]:
+    def destination(self, event: Event, output: OutputObject) -> tuple[str, str]:
         """The (bucket, key) ``output`` of ``event`` is copied to."""
         values = _values(event, output)
         bucket = self._fill(self.bucket, values)
@@ -172,59 +174,68 @@ class CopyTarget:
         return "".join(filled)
 
 
-def _values(event: Mapping[str, Any], output: Mapping[str, Any]) -> dict[str, str | None]:
-    when, key = event.get("ended_at") or event.get("created_at"), output.get("key") or ""
+def _values(event: Event, output: OutputObject) -> dict[str, str | None]:
+    run_id = when = None
+    if isinstance(event, JobEvent):
+        run_id = event.workflow.run_id if event.workflow else None
+        when = event.ended_at or event.created_at
+    elif isinstance(event, WorkflowEvent):
+        run_id, when = event.run_id, event.created_at
     return {
-        **{name: event.get(name) for name in ("event", "tag", "job_id", "state")},
-        "run_id": event.get("run_id") or (event.get("workflow") or {}).get("run_id"),
-        "date": datetime.fromisoformat(when).date().isoformat() if when else None,
-        **{name: output.get(name) for name in ("region", "bucket")},
-        "key": key.lstrip("/"),
-        "basename": basename(key) or None,
+        "event": event.event,
+        "tag": event.tag,
+        "job_id": event.job_id,
+        "state": event.state,
+        "run_id": run_id,
+        "date": when.date().isoformat() if when else None,
+        "region": output.region,
+        "bucket": output.bucket,
+        "key": output.key.lstrip("/"),
+        "basename": basename(output.key) or None,
     }
 
 
 def copy_outputs(
-    event: Mapping[str, Any],
+    event: Event,
     *,
     target: CopyTarget,
     client_for: Callable[[str | None], S3Client],
     multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES,
     part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
 ) -> list[CopyResult]:
-    """Copy every object in ``event["outputs"]`` to ``target``, server side, in order.
+    """Copy every object in the job's ``outputs`` to ``target``, server side, in order.
 
     ``client_for(region)`` gives the client for a region (``pipeline.actions.s3``). Objects
     larger than ``multipart_threshold_bytes`` are copied in parts of at least
     ``part_size_bytes``.
     Stops at the first failure: ``SourceMissing``, ``CopyRejected``, ``ChecksumMismatch``,
     ``TemplateValueMissing`` (permanent) or ``CopyFailed`` (transient); a retry skips what
-    is already copied. Raises ``ConfigError`` on sizes S3 cannot honour. An event without
-    ``outputs`` (``WorkflowFinish`` keeps bucketless ones under ``tasks``) copies nothing.
+    is already copied. Raises ``ConfigError`` on sizes S3 cannot honour. Only a
+    ``JobEvent`` has outputs: any other event (``WorkflowFinish`` keeps bucketless ones
+    under ``tasks``) copies nothing.
     """
     if not 0 <= multipart_threshold_bytes <= MAX_SINGLE_COPY_BYTES:
         raise ConfigError(f"multipart threshold must be 0..{MAX_SINGLE_COPY_BYTES} bytes")
     if part_size_bytes < MIN_PART_SIZE_BYTES:
         raise ConfigError(f"part size must be at least {MIN_PART_SIZE_BYTES} bytes")
     client = functools.cache(client_for)  # one client per region for this event
-    plan: list[tuple[Mapping[str, Any], str, str]] = []
-    for output in event.get("outputs") or ():
-        src_bucket, src_key = output.get("bucket"), (output.get("key") or "").lstrip("/")
+    plan: list[tuple[OutputObject, tuple[str, str], tuple[str, str]]] = []
+    for output in event.outputs if isinstance(event, JobEvent) else ():
+        src_bucket, src_key = output.bucket, output.key.lstrip("/")
         if not src_bucket or not src_key:
             raise CopyRejected(src_bucket or "?", src_key, "output has no bucket or key")
         dest = target.destination(event, output)
-        if any(dest == (b, k) for _, b, k in plan):
+        if any(dest == planned for _, _, planned in plan):
             raise CopyRejected(*dest, f"two outputs map to this key; see {target.template}")
-        plan.append((output, *dest))
+        plan.append((output, (src_bucket, src_key), dest))
     results: list[CopyResult] = []
-    for output, dest_bucket, dest_key in plan:
-        region = output.get("region")
+    for output, source, dest in plan:
         copier = _Copier(
-            src=client(region),
-            dest=client(target.region or region),
-            source=(output["bucket"], output["key"].lstrip("/")),
-            target=(dest_bucket, dest_key),
-            md5=(output.get("md5") or "").lower() or None,
+            src=client(output.region),
+            dest=client(target.region or output.region),
+            source=source,
+            target=dest,
+            md5=(output.md5 or "").lower() or None,
         )
         results.append(copier.run(multipart_threshold_bytes, part_size_bytes))
     return results

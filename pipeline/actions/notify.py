@@ -7,7 +7,7 @@ never notifies a target twice for one attempt that reached it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from pipeline.errors import (
     PipelineError,
     TransientError,
 )
+from pipeline.parsing.events import Event
 
 USER_AGENT = "cicb-notify"
 
@@ -57,7 +58,7 @@ class TargetsRejected(_Undelivered, PermanentError):
 def deliver(
     client: httpx.Client,
     target: Target,
-    event: Mapping[str, Any],
+    event: Event,
     *,
     webhook_key: bytes | None = None,
 ) -> None:
@@ -76,7 +77,7 @@ def deliver(
 def notify(
     client: httpx.Client,
     targets: Sequence[Target],
-    event: Mapping[str, Any],
+    event: Event,
     *,
     webhook_key: bytes | None = None,
 ) -> None:

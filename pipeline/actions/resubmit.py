@@ -19,6 +19,7 @@ from qcloud_cos.cos_comm import format_bucket
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from pipeline.errors import ConfigError, ParseError, PermanentError, TransientError
+from pipeline.parsing.events import Event, JobEvent
 from pipeline.parsing.load import load
 
 DEFAULT_MAX_ATTEMPTS: Final = 2
@@ -167,29 +168,42 @@ class AttemptStore:
             raise AttemptStoreUnavailable(f"reading {key}: {exc}") from exc
 
 
-def build_job_request(
-    event: Mapping[str, Any], *, callback: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def job_of(event: Event) -> JobEvent:
+    """``event`` if it is a job's callback naming its Tag; raises NotResubmittable."""
+    if not isinstance(event, JobEvent):
+        raise NotResubmittable(event.job_id, f"not a job callback: {event.event!r}")
+    if not event.tag:  # CI's submit-job API requires one
+        raise NotResubmittable(event.job_id, "the callback names no Tag")
+    return event
+
+
+def input_region(event: Event) -> str:
+    """The region of the job's input bucket, where CI runs it; raises NotResubmittable."""
+    job = job_of(event)
+    region = job.input.region if job.input else None
+    if not region:
+        raise NotResubmittable(job.job_id, "the callback names no input region")
+    return region
+
+
+def build_job_request(event: Event, *, callback: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``Jobs`` dict of ``ci_create_media_jobs`` that runs the callback's job again.
 
     Tag, ``Input.Object`` (the input key), the Operation minus its results (``RESULT_NODES``
-    and the reports of the steps CI ran, see ``STEP_REPORT_FIELDS``), QueueId, and the callback
-    settings: ``callback`` (raw CI names, ``CALLBACK_KEYS``) over the event's own
-    ``callback`` mapping when the parser kept one. A workflow's job is resubmitted as a
-    standalone job: the workflow's later nodes do not run again. Raises NotResubmittable.
+    and the reports of the steps CI ran, see ``STEP_REPORT_FIELDS``), QueueId, and the
+    callback settings named in ``callback`` (raw CI names, ``CALLBACK_KEYS``); without
+    them the queue's apply. A workflow's job is resubmitted as a standalone job: the
+    workflow's later nodes do not run again. Raises NotResubmittable.
     """
-    job_id = event.get("job_id")
-    tag = event.get("tag")
-    if not job_id or not tag:
-        raise NotResubmittable(job_id, "not a job callback (no JobId or Tag)")
-    key = (event.get("input") or {}).get("key")
+    job = job_of(event)
+    key = job.input.key if job.input else None
     if not key:
-        raise NotResubmittable(job_id, "the callback names no input object")
-    request: dict[str, Any] = {"Tag": tag, "Input": {"Object": key}}
-    request["Operation"] = _operation(event.get("operation") or {})
-    if event.get("queue_id"):
-        request["QueueId"] = event["queue_id"]
-    settings = {**(event.get("callback") or {}), **(callback or {})}
+        raise NotResubmittable(job.job_id, "the callback names no input object")
+    request: dict[str, Any] = {"Tag": job.tag, "Input": {"Object": key}}
+    request["Operation"] = _operation(job.operation)
+    if job.queue_id:
+        request["QueueId"] = job.queue_id
+    settings = callback or {}
     request.update({k: copy.deepcopy(settings[k]) for k in CALLBACK_KEYS if settings.get(k)})
     return request
 
@@ -219,7 +233,7 @@ def _parameters(name: str, node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decide(
-    event: Mapping[str, Any],
+    event: Event,
     *,
     attempts: AttemptStore,
     max_attempts: int,
@@ -229,22 +243,21 @@ def decide(
 
     Not Failed: nothing to do. A code in ``never_codes`` (or a dotted sub-code of one), or
     ``max_attempts`` runs already made: give up. Reads the attempt count from ``attempts``.
+    Raises NotResubmittable for an event that is not a job's.
     """
     if max_attempts < 1:
         raise ConfigError(f"CICB_RETRY_MAX_ATTEMPTS must be at least 1, got {max_attempts}")
-    job_id = event.get("job_id")
-    if not job_id or not event.get("tag"):
-        raise NotResubmittable(job_id, f"not a job callback: {event.get('event')!r}")
-    state, code = event.get("state"), event.get("code")
-    attempt = attempts.attempt_of(job_id)
+    job = job_of(event)
+    state, code = job.state, job.code
+    attempt = attempts.attempt_of(job.job_id)
 
     def decision(outcome: Outcome, reason: str, next_attempt: int | None = None) -> Decision:
-        return Decision(outcome, job_id, attempt, code, reason, next_attempt)
+        return Decision(outcome, job.job_id, attempt, code, reason, next_attempt)
 
     if state != "Failed":
         return decision("not_failed", f"state is {state}, not Failed")
     if code is not None and _matches(code, never_codes):
-        return decision("never_retry", f"code {code} is never retried: {event.get('message')}")
+        return decision("never_retry", f"code {code} is never retried: {job.message}")
     if attempt >= max_attempts:
         return decision("exhausted", f"{attempt} of {max_attempts} attempt(s) used: {code}")
     return decision("resubmit", f"attempt {attempt} failed: {code}", attempt + 1)
@@ -255,7 +268,7 @@ def _matches(code: str, codes: frozenset[str]) -> bool:
 
 
 def resubmit(
-    event: Mapping[str, Any],
+    event: Event,
     *,
     client: CosS3Client,
     attempts: AttemptStore,
@@ -270,12 +283,13 @@ def resubmit(
     and submits nothing. Raises ResubmitFailed (retry), ResubmitRejected or
     NotResubmittable (dead letter), AttemptStoreUnavailable (retry).
     """
-    jobs = build_job_request(event, callback=callback)
-    old_job_id: str = event["job_id"]
+    job = job_of(event)
+    jobs = build_job_request(job, callback=callback)
+    old_job_id = job.job_id
     previous = attempts.resubmitted_as(old_job_id)
     if previous is not None:
         return previous
-    bucket = (event.get("input") or {}).get("bucket")
+    bucket = job.input.bucket if job.input else None
     try:
         format_bucket(bucket, None)
     except CosClientError as exc:

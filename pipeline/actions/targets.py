@@ -15,7 +15,6 @@ import email.utils
 import hashlib
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -24,7 +23,7 @@ import httpx
 
 from pipeline.actions.signing import dingtalk_sign, feishu_sign, standard_webhook_headers
 from pipeline.errors import ConfigError, DeliveryError, DeliveryRejected
-from pipeline.parsing.events import event_from_dict
+from pipeline.parsing.events import Event, JobEvent, ModerationEvent, WorkflowEvent
 
 WEBHOOK = "webhook"
 CHAT_KINDS = ("wecom", "dingtalk", "feishu", "lark", "slack")
@@ -67,16 +66,16 @@ class Target:
         return f"{self.kind}:{urlsplit(self.url).hostname}#{self.id}"
 
 
-def _summary(event: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """A title and lines saying job, tag, state, outputs and, for failures, code and message."""
-    ident = event.get("job_id") or event.get("run_id")
-    what = event.get("tag") or event.get("event")
-    title = f"CI {what} {event.get('state')}: {ident}"
-    lines = [f"event: {event.get('event')}", f"state: {event.get('state')}"]
-    if event.get("state") == "Failed":
-        lines.append(f"code: {event.get('code')}")
-        lines.append(f"message: {event.get('message')}")
-    outputs = [o["key"] for o in event.get("outputs") or []]
+def _summary(event: Event) -> tuple[str, list[str]]:
+    """A title and lines saying job (or run), tag, state, outputs and, for failures, CI's
+    code and message (jobs and moderation have them)."""
+    ident = event.run_id if isinstance(event, WorkflowEvent) else event.job_id
+    title = f"CI {event.tag or event.event} {event.state}: {ident}"
+    lines = [f"event: {event.event}", f"state: {event.state}"]
+    if event.state == "Failed" and isinstance(event, JobEvent | ModerationEvent):
+        lines.append(f"code: {event.code}")
+        lines.append(f"message: {event.message}")
+    outputs = [o.key for o in event.outputs] if isinstance(event, JobEvent) else []
     for key in outputs[:MAX_LISTED_OUTPUTS]:
         lines.append(f"output: {key}")
     if len(outputs) > MAX_LISTED_OUTPUTS:
@@ -85,17 +84,20 @@ def _summary(event: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 
 def build_request(
-    target: Target, event: Mapping[str, Any], *, webhook_key: bytes | None, now_s: float
+    target: Target, event: Event, *, webhook_key: bytes | None, now_s: float
 ) -> tuple[str, dict[str, str], bytes]:
-    """URL, headers and body of the POST that notifies ``target`` of ``event``."""
+    """URL, headers and body of the POST that notifies ``target`` of ``event``.
+
+    A webhook gets ``event.to_dict()`` as JSON (what ``cicb parse`` prints), with
+    ``event.dedup_key`` as its ``webhook-id``.
+    """
     url = target.url
     headers = {"Content-Type": "application/json"}
     if target.kind == WEBHOOK:
-        body = json.dumps(event, ensure_ascii=False).encode()
+        body = json.dumps(event.to_dict(), ensure_ascii=False).encode()
         # The same id on every retry lets the receiver drop a second delivery.
-        msg_id = event_from_dict(event).dedup_key
         headers |= standard_webhook_headers(
-            webhook_key, msg_id=msg_id, timestamp_s=int(now_s), body=body
+            webhook_key, msg_id=event.dedup_key, timestamp_s=int(now_s), body=body
         )
         return url, headers, body
     title, lines = _summary(event)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -25,7 +27,9 @@ from pipeline.actions.copying import (
 )
 from pipeline.actions.s3 import s3_client
 from pipeline.errors import ConfigError, PermanentError, TransientError
+from pipeline.parsing.events import JobEvent
 from pipeline.parsing.reader import parse
+from pipeline.parsing.values import OutputObject, WorkflowRef
 from tests.support import SAMPLES, free_port
 
 MIB = 1024 * 1024
@@ -53,12 +57,12 @@ def buckets(s3: Any) -> tuple[str, str]:
     return src, dst
 
 
-def tts_event(bucket: str, *, md5: str | None) -> dict[str, Any]:
-    """The TTS sample as ``notify`` would send it, with its output in ``bucket``."""
+def tts_event(bucket: str, *, md5: str | None) -> JobEvent:
+    """The TTS sample, with its output in ``bucket``."""
     (event,) = parse((SAMPLES / "tts_success.xml").read_bytes())
-    data = event.to_dict()
-    data["outputs"] = [{"bucket": bucket, "region": REGION, "key": "output/hello.mp3", "md5": md5}]
-    return data
+    assert isinstance(event, JobEvent)
+    output = OutputObject(bucket=bucket, region=REGION, key="output/hello.mp3", md5=md5)
+    return dataclasses.replace(event, outputs=(output,))
 
 
 def put(s3: Any, bucket: str, key: str, body: bytes, **kwargs: Any) -> str:
@@ -115,16 +119,18 @@ def test_every_snapshot_output_is_copied(
 ) -> None:
     src, dst = buckets
     bodies = {f"output/snap/snapshot-{i}.jpg": os.urandom(1000 + i) for i in range(3)}
-    outputs = [
-        {
-            "bucket": src,
-            "region": REGION,
-            "key": f"/{key}",
-            "md5": md5 if i else None,  # CI gives no MD5 for some outputs
-        }
+    outputs = tuple(
+        OutputObject(
+            bucket=src,
+            region=REGION,
+            key=f"/{key}",
+            md5=md5 if i else None,  # CI gives no MD5 for some outputs
+        )
         for i, (key, md5) in enumerate((k, put(s3, src, k, b)) for k, b in bodies.items())
-    ]
-    event = {**tts_event(src, md5=None), "tag": "Snapshot", "job_id": "jsnap", "outputs": outputs}
+    )
+    event = dataclasses.replace(
+        tts_event(src, md5=None), tag="Snapshot", job_id="jsnap", outputs=outputs
+    )
 
     results = copy_outputs(
         event, target=CopyTarget.parse(f"s3://{dst}/{{tag}}/{{job_id}}/"), client_for=client_for
@@ -284,12 +290,10 @@ def test_outputs_that_would_overwrite_each_other_are_refused_before_copying(
     s3: Any, buckets: tuple[str, str], client_for: Any
 ) -> None:
     src, dst = buckets
-    outputs = [
-        {"bucket": src, "region": REGION, "key": f"output/{d}/cover.jpg", "md5": None} for d in "ab"
-    ]
+    outputs = tuple(OutputObject(src, REGION, f"output/{d}/cover.jpg", None) for d in "ab")
     for output in outputs:
-        put(s3, src, str(output["key"]), b"cover")
-    event = {**tts_event(src, md5=None), "outputs": outputs}
+        put(s3, src, output.key, b"cover")
+    event = dataclasses.replace(tts_event(src, md5=None), outputs=outputs)
     with pytest.raises(CopyRejected, match="two outputs"):
         copy_outputs(event, target=CopyTarget.parse(f"s3://{dst}/"), client_for=client_for)
     assert versions(s3, dst) == []
@@ -311,36 +315,56 @@ def test_an_unreachable_store_is_transient(s3_url: str) -> None:
     assert isinstance(caught.value.__cause__, EndpointConnectionError)
 
 
-def test_an_event_without_outputs_copies_nothing() -> None:
-    def no_client(region: str | None) -> Any:
-        raise AssertionError("no client needed")
+def no_client(region: str | None) -> Any:
+    raise AssertionError("no client needed")
 
-    event = {"event": "WorkflowFinish", "run_id": "r1", "state": "Success"}
+
+def test_an_event_without_outputs_copies_nothing() -> None:
+    event = dataclasses.replace(tts_event("ci-out", md5=None), outputs=())
+    assert copy_outputs(event, target=CopyTarget.parse("s3://archive/"), client_for=no_client) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        (SAMPLES / "workflowfinish_success.xml").read_bytes(),  # outputs under tasks, no bucket
+        b'{"code": 0, "data": {"event": "ReviewImage", "trace_id": "t1", "url": "u"}}',
+        b"<Response><EventName>TaskStart</EventName></Response>",
+    ],
+    ids=["workflow", "moderation", "generic"],
+)
+def test_only_a_job_has_outputs_to_copy(body: bytes) -> None:
+    (event,) = parse(body)
+    assert not isinstance(event, JobEvent)
     assert copy_outputs(event, target=CopyTarget.parse("s3://archive/"), client_for=no_client) == []
 
 
 def test_part_sizes_s3_cannot_honour_are_config_errors() -> None:
     target = CopyTarget.parse("s3://archive/")
+    event = tts_event("ci-out", md5=None)
     with pytest.raises(ConfigError):
-        copy_outputs({}, target=target, client_for=lambda r: None, part_size_bytes=MIB)
+        copy_outputs(event, target=target, client_for=lambda r: None, part_size_bytes=MIB)
     with pytest.raises(ConfigError):
         copy_outputs(
-            {}, target=target, client_for=lambda r: None, multipart_threshold_bytes=6 * 1024 * MIB
+            event,
+            target=target,
+            client_for=lambda r: None,
+            multipart_threshold_bytes=6 * 1024 * MIB,
         )
 
 
 # --- templates -------------------------------------------------------------------------
 
-EVENT = {
-    "event": "TaskFinish",
-    "tag": "Transcode",
-    "job_id": "j1",
-    "state": "Success",
-    "created_at": "2022-06-30T23:59:00+08:00",
-    "ended_at": "2022-07-01T00:00:10+08:00",
-    "workflow": {"run_id": "run9"},
-}
-OUTPUT = {"bucket": "out-125", "region": "ap-guangzhou", "key": "/media/x/clip.mp4", "md5": None}
+EVENT = dataclasses.replace(
+    tts_event("out-125", md5=None),
+    tag="Transcode",
+    job_id="j1",
+    state="Success",
+    created_at=datetime.fromisoformat("2022-06-30T23:59:00+08:00"),
+    ended_at=datetime.fromisoformat("2022-07-01T00:00:10+08:00"),
+    workflow=WorkflowRef(run_id="run9", workflow_id=None, workflow_name=None, name=None),
+)
+OUTPUT = OutputObject(bucket="out-125", region="ap-guangzhou", key="/media/x/clip.mp4", md5=None)
 
 
 @pytest.mark.parametrize(
@@ -365,10 +389,18 @@ def test_destinations_are_filled_from_the_event_and_output(
 
 
 def test_date_falls_back_to_created_at() -> None:
-    event = {**EVENT, "ended_at": None}
+    event = dataclasses.replace(EVENT, ended_at=None)
     assert CopyTarget.parse("s3://a/{date}/").destination(event, OUTPUT) == (
         "a",
         "2022-06-30/clip.mp4",
+    )
+
+
+def test_a_workflow_run_fills_run_id_and_date_from_its_own_fields() -> None:
+    (run,) = parse((SAMPLES / "workflowfinish_success.xml").read_bytes())
+    assert CopyTarget.parse("s3://a/{run_id}/{date}/{event}/").destination(run, OUTPUT) == (
+        "a",
+        "i70ae991a152911ecb184525400a8700f/2022-08-09/WorkflowFinish/clip.mp4",
     )
 
 
@@ -404,7 +436,7 @@ def test_unknown_placeholders_are_named() -> None:
 
 
 def test_a_placeholder_the_event_cannot_fill_is_permanent() -> None:
-    event = {**EVENT, "workflow": None}
+    event = dataclasses.replace(EVENT, workflow=None)
     with pytest.raises(TemplateValueMissing, match=r"\{run_id\}") as caught:
         CopyTarget.parse("s3://archive/{run_id}/").destination(event, OUTPUT)
     assert isinstance(caught.value, PermanentError)

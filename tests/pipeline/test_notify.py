@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -18,6 +18,7 @@ from pipeline.actions.notify import TargetsPending, TargetsRejected, notify
 from pipeline.actions.signing import webhook_secret_bytes
 from pipeline.actions.targets import Target as NotifyTarget
 from pipeline.errors import ConfigError, DeliveryError, PermanentError, TransientError
+from pipeline.parsing.events import Event, JobEvent, ModerationEvent, WorkflowEvent
 from pipeline.parsing.reader import parse
 from tests.support import SAMPLES, Target, free_port
 
@@ -36,15 +37,14 @@ def client() -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def event() -> dict[str, Any]:
+def event() -> JobEvent:
     [parsed] = parse((SAMPLES / "tts_success.xml").read_bytes())
-    data = parsed.to_dict()
-    data["user_data"] = "回调 ✓"
-    return data
+    assert isinstance(parsed, JobEvent)
+    return dataclasses.replace(parsed, user_data="回调 ✓")
 
 
 def test_a_plain_url_gets_the_event_signed_the_standard_webhooks_way(
-    client: httpx.Client, target: Target, event: dict[str, Any]
+    client: httpx.Client, target: Target, event: JobEvent
 ) -> None:
     notify(
         client, [NotifyTarget.parse(target.url)], event, webhook_key=webhook_secret_bytes(SECRET)
@@ -54,20 +54,22 @@ def test_a_plain_url_gets_the_event_signed_the_standard_webhooks_way(
     headers = {k.lower(): v for k, v in request["headers"].items()}
     assert headers["content-type"] == "application/json"
     assert headers["webhook-id"] == "TaskFinish:j707f4864f86811ecb90d0b03267ce0e5:Success"
+    # The body is the event as `cicb parse` prints it, to the byte.
+    assert request["body"] == json.dumps(event.to_dict(), ensure_ascii=False).encode()
     # The reference verifier accepts it, and rejects it with another secret.
-    assert Webhook(SECRET).verify(request["body"], headers) == event
+    assert Webhook(SECRET).verify(request["body"], headers) == event.to_dict()
     other = "whsec_" + base64.b64encode(b"x" * 32).decode()
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(request["body"], headers)
 
 
 def test_without_a_secret_the_webhook_is_sent_unsigned(
-    client: httpx.Client, target: Target, event: dict[str, Any]
+    client: httpx.Client, target: Target, event: JobEvent
 ) -> None:
     notify(client, [NotifyTarget.parse(target.url)], event)
     [request] = target.received
     assert "webhook-signature" not in {k.lower() for k in request["headers"]}
-    assert json.loads(request["body"]) == event
+    assert json.loads(request["body"]) == event.to_dict()
 
 
 def test_a_bad_secret_is_a_config_error() -> None:
@@ -79,7 +81,7 @@ def test_a_bad_secret_is_a_config_error() -> None:
 
 @pytest.mark.parametrize("status", [503, 500, 429, 408])
 def test_a_retryable_status_leaves_the_target_pending(
-    client: httpx.Client, target: Target, event: dict[str, Any], status: int
+    client: httpx.Client, target: Target, event: JobEvent, status: int
 ) -> None:
     target.default_status = status
     parsed = NotifyTarget.parse(target.url)
@@ -92,9 +94,7 @@ def test_a_retryable_status_leaves_the_target_pending(
     assert isinstance(cause, DeliveryError) and str(status) in str(cause)
 
 
-def test_retry_after_is_passed_on(
-    client: httpx.Client, target: Target, event: dict[str, Any]
-) -> None:
+def test_retry_after_is_passed_on(client: httpx.Client, target: Target, event: JobEvent) -> None:
     target.replies.append((429, b"slow down", {"Retry-After": "42"}))
     with pytest.raises(TargetsPending) as raised:
         notify(client, [NotifyTarget.parse(target.url)], event)
@@ -103,7 +103,7 @@ def test_retry_after_is_passed_on(
 
 @pytest.mark.parametrize("status", [400, 401, 404, 410])
 def test_another_4xx_is_a_permanent_rejection_with_status_and_body(
-    client: httpx.Client, target: Target, event: dict[str, Any], status: int
+    client: httpx.Client, target: Target, event: JobEvent, status: int
 ) -> None:
     target.replies.append((status, b"no such hook", {}))
     with pytest.raises(TargetsRejected) as raised:
@@ -113,7 +113,7 @@ def test_another_4xx_is_a_permanent_rejection_with_status_and_body(
 
 
 def test_a_closed_port_is_retried_and_the_url_never_shows(
-    client: httpx.Client, event: dict[str, Any]
+    client: httpx.Client, event: JobEvent
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/hook?key=SECRET-KEY"
     with pytest.raises(TargetsPending) as raised:
@@ -123,7 +123,7 @@ def test_a_closed_port_is_retried_and_the_url_never_shows(
 
 
 def test_one_refusal_does_not_stop_the_other_targets(
-    client: httpx.Client, target: Target, event: dict[str, Any]
+    client: httpx.Client, target: Target, event: JobEvent
 ) -> None:
     refused = NotifyTarget.parse(f"{target.url}/refused")
     fine = NotifyTarget.parse(f"{target.url}/fine")
@@ -150,8 +150,8 @@ def chat(target: Target, kind: str, query: str = "") -> NotifyTarget:
     return NotifyTarget.parse(f"{kind}+{target.url}{query}")
 
 
-def failed_event() -> dict[str, Any]:
-    return parse(FAILED_JOB)[0].to_dict()
+def failed_event() -> Event:
+    return parse(FAILED_JOB)[0]
 
 
 def test_wecom_gets_markdown_with_job_tag_state_code_and_message(
@@ -180,7 +180,7 @@ def test_wecom_rate_limit_is_retried_and_other_errcodes_refused(
 
 
 def test_dingtalk_is_signed_with_its_secret_taken_out_of_the_url(
-    client: httpx.Client, target: Target, event: dict[str, Any]
+    client: httpx.Client, target: Target, event: JobEvent
 ) -> None:
     target.replies.append((200, b'{"errcode":0,"errmsg":"ok"}', {}))
     notify(client, [chat(target, "dingtalk", "?access_token=tok&secret=SEC123")], event)
@@ -196,7 +196,7 @@ def test_dingtalk_is_signed_with_its_secret_taken_out_of_the_url(
 
 
 def test_feishu_is_signed_in_the_body(
-    client: httpx.Client, target: Target, event: dict[str, Any]
+    client: httpx.Client, target: Target, event: JobEvent
 ) -> None:
     target.replies.append((200, b'{"code":0,"msg":"success"}', {}))
     notify(client, [chat(target, "feishu", "?secret=FS")], event)
@@ -209,9 +209,52 @@ def test_feishu_is_signed_in_the_body(
         notify(client, [chat(target, "lark", "?secret=wrong")], event)
 
 
-def test_slack_gets_text(client: httpx.Client, target: Target, event: dict[str, Any]) -> None:
+def test_slack_gets_text(client: httpx.Client, target: Target, event: JobEvent) -> None:
     target.replies.append((200, b"ok", {}))
     notify(client, [chat(target, "slack")], event)
     text = json.loads(target.received[0]["body"])["text"]
     assert "j707f4864f86811ecb90d0b03267ce0e5" in text and "Success" in text
     assert "code:" not in text  # no failure details on success
+
+
+WORKFLOW_FAILED = b"""<Response><EventName>WorkflowFinish</EventName><WorkflowExecution>
+<RunId>i166ee19017b011eda8a5525400c540df</RunId><State>Failed</State>
+<WorkflowId>w1b4ffd6900a343c3a2fe5b92b1fb7ff6</WorkflowId><WorkflowName>test</WorkflowName>
+<CreateTime>2022-08-09 14:54:17+0800</CreateTime>
+<Object>input/demo.mp4</Object></WorkflowExecution></Response>"""
+
+REVIEW_FAILED = json.dumps(
+    {
+        "code": 4001,
+        "message": "image download failed",
+        "data": {"event": "ReviewImage", "trace_id": "tr42", "url": "https://b.example/a.jpg"},
+    }
+).encode()
+
+
+def test_every_kind_of_event_is_sent_whole_and_summed_up_from_its_own_fields(
+    client: httpx.Client, target: Target
+) -> None:
+    [run] = parse(WORKFLOW_FAILED)
+    [review] = parse(REVIEW_FAILED)
+    assert isinstance(run, WorkflowEvent) and isinstance(review, ModerationEvent)
+    for ev in (run, review):
+        notify(client, [NotifyTarget.parse(target.url)], ev)
+    webhooks = target.received[:]
+    assert [r["body"] for r in webhooks] == [
+        json.dumps(ev.to_dict(), ensure_ascii=False).encode() for ev in (run, review)
+    ]
+    assert [{k.lower(): v for k, v in r["headers"].items()}["webhook-id"] for r in webhooks] == [
+        "WorkflowFinish:i166ee19017b011eda8a5525400c540df:Failed",
+        "ReviewImage:tr42:Failed",
+    ]
+
+    target.replies.extend([(200, b"ok", {})] * 2)
+    for ev in (run, review):
+        notify(client, [chat(target, "slack")], ev)
+    run_text, review_text = (json.loads(r["body"])["text"] for r in target.received[2:])
+    # A run is named by its RunId; it has no code or message of its own to report.
+    assert run_text.startswith("*CI WorkflowFinish Failed: i166ee19017b011eda8a5525400c540df*")
+    assert "code:" not in run_text
+    assert review_text.startswith("*CI ReviewImage Failed: tr42*")
+    assert "code: 4001" in review_text and "message: image download failed" in review_text

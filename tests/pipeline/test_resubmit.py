@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ import redis
 
 from pipeline.actions.cos import cos_client
 from pipeline.actions.resubmit import (
+    CALLBACK_KEYS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_NEVER_RETRY_CODES,
     AttemptStore,
@@ -20,12 +22,14 @@ from pipeline.actions.resubmit import (
     ResubmitRejected,
     build_job_request,
     decide,
+    input_region,
     resubmit,
 )
 from pipeline.errors import PermanentError, TransientError
+from pipeline.parsing.events import Event, JobEvent
 from pipeline.parsing.reader import parse
 from tests.peers import NEW_JOB_ID, CiServer
-from tests.support import free_port
+from tests.support import SAMPLES, free_port
 
 BUCKET = "test-1234567890"
 REGION = "ap-chongqing"
@@ -107,11 +111,13 @@ def client_for(endpoint: str) -> Any:
     )
 
 
-def event(body: bytes) -> dict[str, Any]:
-    return parse(body)[0].to_dict()
+def event(body: bytes) -> JobEvent:
+    (parsed,) = parse(body)
+    assert isinstance(parsed, JobEvent)
+    return parsed
 
 
-def decide_for(ev: dict[str, Any], store: AttemptStore) -> Any:
+def decide_for(ev: Event, store: AttemptStore) -> Any:
     return decide(
         ev,
         attempts=store,
@@ -167,7 +173,7 @@ def test_resubmits_through_the_sdk_and_records_the_attempt(
     # The attempt travels with the new job: its own callback is attempt 2, the last one.
     assert redis.Redis.from_url(broker_url).get(f"cicb:attempts:{NEW_JOB_ID}") == b"2"
     assert store.attempt_of(NEW_JOB_ID) == 2
-    second_failure = {**failed, "job_id": NEW_JOB_ID}
+    second_failure = dataclasses.replace(failed, job_id=NEW_JOB_ID)
     again = decide_for(second_failure, store)
     assert again.outcome == "exhausted" and again.gave_up and not again.resubmit
     assert again.attempt == 2
@@ -189,7 +195,8 @@ def test_a_duplicate_callback_does_not_submit_twice(
 
 def test_a_workflow_job_is_resubmitted_as_a_job(ci_server: CiServer, store: AttemptStore) -> None:
     failed = event(FAILED_WORKFLOW_JOB)
-    assert failed["workflow"]["run_id"] == "ic90edd59f84f11ec9d4f525400a3c59f"
+    assert failed.workflow is not None
+    assert failed.workflow.run_id == "ic90edd59f84f11ec9d4f525400a3c59f"
     decision = decide_for(failed, store)
     assert decision.resubmit
 
@@ -237,7 +244,7 @@ def test_never_retry_codes_give_up(store: AttemptStore, code: str) -> None:
 
 def test_attempts_used_up_give_up(store: AttemptStore) -> None:
     failed = event(FAILED_TRANSCODE)
-    store.record(failed["job_id"], 2, 60)
+    store.record(failed.job_id, 2, 60)
     decision = decide_for(failed, store)
     assert decision.outcome == "exhausted" and decision.attempt == 2
     assert decision.next_attempt is None
@@ -245,21 +252,54 @@ def test_attempts_used_up_give_up(store: AttemptStore) -> None:
     assert more.resubmit and more.next_attempt == 3
 
 
-def test_request_rebuilt_from_the_callback_settings_it_carries() -> None:
-    failed = {**event(FAILED_TRANSCODE), "callback": {**CALLBACK, "CallBackType": "TDMQ"}}
-    failed["callback"]["CallBackMqConfig"] = {"MqRegion": "bj", "MqMode": "Queue", "MqName": "q"}
-    request = build_job_request(failed)
+def test_request_carries_the_callback_settings_it_is_given() -> None:
+    failed = event(FAILED_TRANSCODE)
+    assert not set(CALLBACK_KEYS) & set(build_job_request(failed))  # the queue's apply
+    mq = {"MqRegion": "bj", "MqMode": "Queue", "MqName": "q"}
+    callback = {**CALLBACK, "CallBackType": "TDMQ", "CallBackMqConfig": mq}
+    request = build_job_request(failed, callback=callback)
     assert request["CallBackType"] == "TDMQ"
     assert request["CallBackMqConfig"] == {"MqRegion": "bj", "MqMode": "Queue", "MqName": "q"}
     assert build_job_request(failed, callback={"CallBackType": "Url"})["CallBackType"] == "Url"
 
 
 def test_a_callback_without_input_object_is_not_resubmittable() -> None:
-    failed = event(FAILED_TRANSCODE)
-    failed["input"] = None
+    failed = dataclasses.replace(event(FAILED_TRANSCODE), input=None)
     with pytest.raises(NotResubmittable) as caught:
         build_job_request(failed)
     assert isinstance(caught.value, PermanentError)
+    with pytest.raises(NotResubmittable, match="no input region"):
+        input_region(failed)
+    assert input_region(event(FAILED_TRANSCODE)) == REGION
+
+
+def test_a_job_without_a_tag_is_not_resubmittable(store: AttemptStore) -> None:
+    untagged = dataclasses.replace(event(FAILED_TRANSCODE), tag="")
+    with pytest.raises(NotResubmittable, match="no Tag"):
+        decide_for(untagged, store)
+    with pytest.raises(NotResubmittable, match="no Tag"):
+        build_job_request(untagged)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        (SAMPLES / "workflowfinish_success.xml").read_bytes(),
+        b'{"code": 4001, "message": "down", "data": {"event": "ReviewImage", "trace_id": "t1"}}',
+    ],
+    ids=["workflow", "moderation"],
+)
+def test_only_a_job_can_be_resubmitted(body: bytes, store: AttemptStore) -> None:
+    (other,) = parse(body)
+    assert not isinstance(other, JobEvent)
+    with pytest.raises(NotResubmittable, match=f"not a job callback: '{other.event}'"):
+        decide_for(other, store)
+    with pytest.raises(NotResubmittable):
+        build_job_request(other)
+    with pytest.raises(NotResubmittable):
+        input_region(other)
+    with pytest.raises(NotResubmittable):
+        resubmit(other, client=None, attempts=store, attempt=2)  # refused before any call
 
 
 def test_ci_500_is_transient(ci_server: CiServer, store: AttemptStore) -> None:
