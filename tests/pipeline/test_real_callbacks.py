@@ -434,7 +434,7 @@ def test_moderation_callbacks_and_answers() -> None:
     assert test_request.input.key is None  # test_audio is no COS URL
 
     simple = one("36_doc_reviewimage_simple.json")
-    assert simple.input is not None
+    assert isinstance(simple, ModerationEvent) and simple.input is not None
     assert (simple.input.bucket, simple.input.region, simple.input.key) == (
         "examplebucket-1250000000",
         "ap-shanghai",
