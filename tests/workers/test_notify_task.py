@@ -94,3 +94,14 @@ def test_a_target_failing_every_time_is_dead_lettered_after_the_retries(tier: Ti
     tier.idle()
     paths = tier.targets.paths("jdown")
     assert (paths.count("/a"), paths.count("/b")) == (1, MAX_RETRIES + 1)
+
+
+def test_an_argument_that_is_not_an_event_is_dead_lettered_untried(tier: Tier) -> None:
+    from workers.actions import notify as task
+
+    task.apply_async(({"foo": 1},))
+    [letter] = tier.wait_for_dead_letters(1)
+    assert (letter.task, letter.error, letter.attempts) == ("cicb.notify", "ParseError", 1)
+    assert letter.args == [{"foo": 1}]
+    tier.idle()
+    assert tier.targets.paths() == []
