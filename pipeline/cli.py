@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-from pipeline import processes
+from pipeline import logs, processes
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.queues import connection
@@ -178,7 +178,15 @@ def send(files: tuple[Path, ...], url: str | None, token: str | None, as_json: b
     help="Read the body as this format (auto: decided by the body).",
 )
 def parse_command(file: Path, fmt: FormatOption) -> None:
-    """Print the normalized event(s) of a callback body as JSON (a list when several)."""
+    """Print the normalized event(s) of a callback body, or of a CI job query answer, as
+    JSON (a list when several)."""
+    # What parsing logs (a State or Tag it inferred) goes to stderr: stdout stays JSON. An
+    # offline parse needs no valid setting, so a bad one falls back to the defaults here.
+    try:
+        settings = get_settings()
+    except PipelineError:
+        settings = Settings.from_env({})
+    logs.configure(settings)
     _print_json(_one_or_many([e.to_dict() for e in _read_events(file, fmt)]))
 
 

@@ -62,7 +62,9 @@ def maps(node: Mapping[str, Any], key: str, path: str) -> list[Node]:
     if isinstance(values, dict):
         return [values]
     if not isinstance(values, list):
-        raise ParseError(f"expected a list, got {kind(values)}", path=join(path, key))
+        raise ParseError(
+            f"expected an object or a list of them, got {kind(values)}", path=join(path, key)
+        )
     for i, value in enumerate(values):
         if not isinstance(value, dict):
             raise ParseError(

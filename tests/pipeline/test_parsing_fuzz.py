@@ -18,7 +18,8 @@ from pipeline.parsing.events import event_from_dict
 from pipeline.parsing.reader import parse
 from tests.support import PARSE_CRASH, SAMPLES
 
-CORPUS = [p.read_bytes() for p in sorted(SAMPLES.iterdir())]
+# Every sample, the rule samples (tests/samples/rules) and the malformed ones among them too.
+CORPUS = [p.read_bytes() for p in sorted(SAMPLES.rglob("*")) if p.is_file()]
 TOKENS = [
     b"<",
     b">",

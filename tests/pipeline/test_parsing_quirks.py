@@ -343,6 +343,36 @@ def test_a_job_rendered_as_xml_and_as_json_gives_equal_events(job: dict[str, Any
     assert [e.to_dict() for e in from_xml] == [e.to_dict() for e in from_json]
 
 
+def wrapped(value: Any, data: st.DataObject) -> Any:
+    """``value`` with the objects of some of its nodes (drawn) put in lists of one, as CI's
+    JSON does; the items of a list stay items."""
+    if isinstance(value, list):
+        return [_unwrapped_item(v, data) for v in value]
+    if isinstance(value, dict):
+        inner = {k: wrapped(v, data) for k, v in value.items()}
+        return [inner] if data.draw(st.booleans()) else inner
+    return value
+
+
+def _unwrapped_item(value: Any, data: st.DataObject) -> Any:
+    if isinstance(value, dict):
+        return {k: wrapped(v, data) for k, v in value.items()}
+    return value
+
+
+@settings(max_examples=200, deadline=None)
+@given(job_details(), st.data())
+def test_any_node_as_one_object_or_a_list_of_one_gives_equal_events(
+    job: dict[str, Any], data: st.DataObject
+) -> None:
+    doc = {"EventName": "TaskFinish", "JobsDetail": job}
+    listed = {"EventName": "TaskFinish", "JobsDetail": wrapped(job, data)}
+    from_objects = parse(json.dumps(doc, ensure_ascii=False).encode())
+    from_lists = parse(json.dumps(listed, ensure_ascii=False).encode())
+    assert from_lists == from_objects
+    assert from_lists == parse(_xml("Response", doc).encode())
+
+
 KNOWN_EVENTS = ("TaskFinish", "WorkflowFinish")  # and Review*: events with a body of their own
 
 
