@@ -315,7 +315,7 @@ def test_a_moderation_answer_is_named_by_the_fields_its_kind_writes(
     fields: dict[str, object], event: str
 ) -> None:
     answer = {"Response": {"JobsDetail": {"JobId": "x1", "State": "Success", "Result": 0}}}
-    answer["Response"]["JobsDetail"].update(fields)  # type: ignore[attr-defined]
+    answer["Response"]["JobsDetail"].update(fields)
     [parsed] = parse(json.dumps(answer).encode())
     assert isinstance(parsed, ModerationEvent)
     assert (parsed.event, parsed.source) == (event, "callback")
