@@ -26,7 +26,7 @@ from pipeline.parsing.events import (
     event_from_dict,
 )
 from pipeline.parsing.reader import MAX_DEPTH, events_of, parse
-from tests.support import SAMPLES, assert_refused_on_purpose
+from tests.support import ROOT, SAMPLES, assert_refused_on_purpose
 
 RULES = SAMPLES / "rules"
 FILES = sorted(p.name for p in RULES.iterdir())
@@ -435,3 +435,17 @@ def test_bodies_without_event_name_are_still_bounded_and_refused(body: bytes, re
         parse(body)
     assert_refused_on_purpose(refused.value)
     assert re.search(refusal, str(refused.value)), refused.value
+
+
+def test_the_readme_names_every_field_of_every_event() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[
+        text.index("## The event\n") : text.index("\n## ", text.index("## The event\n") + 1)
+    ]
+    named = set(re.findall(r"`([a-z_]+)`", section))
+    samples = ["nodes_as_lists.xml", "query_workflowexecution.xml", "moderation_test_request.json"]
+    events = [e for name in samples for e in parse(rule(name))]
+    events += parse(b'{"EventName": "TaskStart"}')
+    for event in events:
+        assert sorted(event.to_dict().keys() - named) == [], type(event).__name__
+    assert "source" in named and "query" in named and "callback" in named
