@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +51,7 @@ def target() -> Iterator[Target]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            arrived = time.time()
             status, reply, headers = recorder.answer()
             with recorder.lock:
                 recorder.received.append(
@@ -58,6 +60,7 @@ def target() -> Iterator[Target]:
                         "headers": dict(self.headers),
                         "body": body,
                         "status": status,
+                        "at": arrived,  # to compare with when a test acted
                     }
                 )
             self.send_response(status)

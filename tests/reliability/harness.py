@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+import redis
 
-from tests.support import SHARED_SAMPLES, TOKEN, Target, run_cli
+from pipeline.inflight import SCORES_KEY as INFLIGHT_KEY
+from tests.support import ROOT, TOKEN, Target, run_cli, wait_until
 
-TEMPLATE = (SHARED_SAMPLES / "tts_api.xml").read_bytes()
+# The project's own sample, so the scenarios run on a clone without ../shared.
+TEMPLATE = (ROOT / "tests" / "samples" / "tts_success.xml").read_bytes()
 SAMPLE_JOB_ID = b"j707f4864f86811ecb90d0b03267ce0e5"
+SAMPLE_STATE = b"<State>Success</State>"
+# Without both, every callback would be the same one and deduplicated away.
+assert TEMPLATE.count(SAMPLE_JOB_ID) == 1 and TEMPLATE.count(SAMPLE_STATE) == 1
 
 
 def callback(n: int, state: str = "Success") -> bytes:
     """A distinct TTS callback: job ``jrel<n>`` in ``state``."""
     body = TEMPLATE.replace(SAMPLE_JOB_ID, f"jrel{n:08d}".encode())
-    return body.replace(b"<State>Success</State>", f"<State>{state}</State>".encode())
+    return body.replace(SAMPLE_STATE, f"<State>{state}</State>".encode())
 
 
 @dataclass
@@ -63,3 +71,40 @@ def dead_letter_count(env: dict[str, str]) -> int:
 
 def report(name: str, **counts: object) -> None:
     print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def first_arrivals(target: Target) -> dict[str, float]:
+    """When each webhook-id first reached the target (``time.time()``)."""
+    first: dict[str, float] = {}
+    for r in sorted(list(target.received), key=lambda r: r["at"]):
+        if r["status"] < 300:
+            first.setdefault(r["headers"].get("webhook-id", ""), r["at"])
+    return first
+
+
+def log_lines(*texts: str) -> list[dict[str, Any]]:
+    """The JSON lines of processes' logs (Celery's own banner lines are not JSON)."""
+    lines = []
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(line))
+    return lines
+
+
+def wait_inflight_empty(broker_url: str, *, timeout_s: float) -> None:
+    """Wait until every task message has finished: none left in ``cicb:inflight``.
+
+    A message comes back (visibility timeout, or republished by the sweep) for as long as
+    it is kept there, so only then can no repeat still be on its way.
+    """
+    client = redis.Redis.from_url(broker_url)
+    try:
+        wait_until(
+            lambda: client.zcard(INFLIGHT_KEY) == 0,
+            timeout_s=timeout_s,
+            what="every task finished (cicb:inflight empty)",
+        )
+    finally:
+        client.close()
