@@ -37,6 +37,8 @@ def source_of(root: Node) -> str:
         return SOURCE_QUERY
     jobs = root.get("JobsDetail")
     for job in jobs if isinstance(jobs, list) else ():
-        if isinstance(job, dict) and job.get("State") in UNFINISHED_STATES:
+        state = job.get("State") if isinstance(job, dict) else None
+        # Only a string is a state; a wrong type is refused later, naming its path.
+        if isinstance(state, str) and state in UNFINISHED_STATES:
             return SOURCE_QUERY
     return SOURCE_CALLBACK

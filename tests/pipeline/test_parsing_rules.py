@@ -427,8 +427,17 @@ def test_the_caller_may_name_the_source_and_read_a_document_already_loaded() -> 
         ),
         (b'{"code": 0, "data": {"event": {"a": "b"}}}', "expected a string"),
         (b'{"NextToken": "t"}', "missing"),
+        # Found by the fuzz run: a repeated State while telling a query from a callback.
+        (
+            b"<Response><JobsDetail><JobId>j</JobId><State>Running</State>"
+            b"<State>Success</State></JobsDetail></Response>",
+            r"JobsDetail\[0\]\.State: expected a string",
+        ),
     ],
-    ids=["deep xml", "dtd", "deep json", "bad utf-8", "too many nodes", "event object", "empty"],
+    ids=[
+        *("deep xml", "dtd", "deep json", "bad utf-8", "too many nodes", "event object"),
+        *("empty", "repeated state"),
+    ],
 )
 def test_bodies_without_event_name_are_still_bounded_and_refused(body: bytes, refusal: str) -> None:
     with pytest.raises(ParseError) as refused:
