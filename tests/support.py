@@ -302,7 +302,7 @@ def start_worker(env: dict[str, str], log_path: Path) -> Process:
         env,
         log_path,
     ).start()
-    wait_until(lambda: " ready." in worker.log(), timeout_s=60, what="worker ready")
+    started(worker, lambda: " ready." in worker.log(), what="worker ready")
     return worker
 
 
@@ -311,5 +311,15 @@ def start_receiver(env: dict[str, str], log_path: Path) -> tuple[Process, str]:
     env = {**env, "CICB_RECEIVER_PORT": str(port)}
     receiver = Process([CICB, "receiver"], env, log_path).start()
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, what="receiver up")
+    started(receiver, lambda: httpx.get(f"{url}/healthz").status_code == 200, what="receiver up")
     return receiver, url
+
+
+def started(process: Process, ready: Callable[[], Any], *, what: str) -> None:
+    """Wait for ``process`` to be ready (a loaded machine can take a while); stop it and
+    show its log if it never is, so no process outlives the test that failed."""
+    try:
+        wait_until(ready, timeout_s=90, what=what)
+    except AssertionError as exc:
+        process.stop()
+        raise AssertionError(f"{exc}; its log:\n{process.log()[-3000:]}") from None
