@@ -291,7 +291,7 @@ def test_broker_outage_answers_503_and_loses_nothing_after(
         repeated = {k for k, c in jobs.items() if c > 1}
         repeats = sum(c - 1 for c in jobs.values())
         # A notify task that sent its notification while Redis was going away could not
-        # record its completion (workers.stores.finished); its message, redelivered, runs it
+        # record its completion (workers.resources.finished); its message, redelivered, runs it
         # again. Any other task's completion is recorded, or it sent nothing.
         not_recorded = [
             line
