@@ -67,6 +67,14 @@ def main() -> None:
     # Find the modules named in CICB_ROUTES from the current directory, as `celery -A` does.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    # Every log line goes to stderr, so what a command prints on stdout stays readable by a
+    # script. A bad setting is reported by the commands that need settings; an offline
+    # one (parse) logs with the defaults.
+    try:
+        settings = get_settings()
+    except PipelineError:
+        settings = Settings()
+    logs.configure(settings)
 
 
 @main.command()
@@ -180,13 +188,6 @@ def send(files: tuple[Path, ...], url: str | None, token: str | None, as_json: b
 def parse_command(file: Path, fmt: FormatOption) -> None:
     """Print the normalized event(s) of a callback body, or of a CI job query answer, as
     JSON (a list when several)."""
-    # What parsing logs (a State or Tag it inferred) goes to stderr: stdout stays JSON. An
-    # offline parse needs no valid setting, so a bad one falls back to the defaults here.
-    try:
-        settings = get_settings()
-    except PipelineError:
-        settings = Settings.from_env({})
-    logs.configure(settings)
     _print_json(_one_or_many([e.to_dict() for e in _read_events(file, fmt)]))
 
 
