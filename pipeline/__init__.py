@@ -13,14 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.errors import ConfigError, ParseError, PermanentError, PipelineError, TransientError
-from pipeline.parsing.events import (
-    Event,
-    GenericEvent,
-    JobEvent,
-    ModerationEvent,
-    WorkflowEvent,
-    event_from_dict,
-)
+from pipeline.parsing.decoding import event_from_dict
+from pipeline.parsing.events import Event, GenericEvent, JobEvent, ModerationEvent, WorkflowEvent
 from pipeline.routing import Route, route
 
 

@@ -150,6 +150,15 @@ class Settings:
     retry_never_codes: tuple[str, ...] | None = setting(
         "RETRY_NEVER_CODES", default=None, parse=comma_list
     )
+    # Reconcile: list CI's finished jobs and route those whose callback never came.
+    # CICB_RECONCILE_QUEUES is BUCKET:REGION:QUEUE_ID, comma-separated.
+    reconcile_interval_s: int = setting("RECONCILE_INTERVAL_S", default=300, parse=integer)
+    reconcile_grace_s: int = setting("RECONCILE_GRACE_S", default=600, parse=integer)
+    reconcile_queues: tuple[str, ...] = setting("RECONCILE_QUEUES", default=(), parse=comma_list)
+    reconcile_tags: tuple[str, ...] = setting("RECONCILE_TAGS", default=(), parse=comma_list)
+    # Archive: every accepted body, for cicb archive and cicb replay (0 turns it off).
+    archive_retention_s: int = setting("ARCHIVE_RETENTION_S", default=3 * 24 * 3600, parse=integer)
+    archive_max_entries: int = setting("ARCHIVE_MAX_ENTRIES", default=200_000, parse=integer)
     # Retries of tasks.
     max_retries: int = setting("MAX_RETRIES", default=8, parse=integer)
     retry_backoff_s: int = setting("RETRY_BACKOFF_S", default=2, parse=integer)
@@ -188,6 +197,14 @@ class Settings:
             raise ConfigError(f"CICB_LOG_FORMAT must be auto, json or console: {self.log_format}")
         if self.ci_endpoint is not None:
             _endpoint_parts(self.ci_endpoint)
+        for name in ("reconcile_interval_s", "reconcile_grace_s", "archive_retention_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"CICB_{name.upper()} must be 0 or more")
+        if self.archive_max_entries < 0:
+            raise ConfigError("CICB_ARCHIVE_MAX_ENTRIES must be 0 or more")
+        for queue in self.reconcile_queues:
+            if len(queue.split(":")) != 3 or not all(queue.split(":")):
+                raise ConfigError(f"CICB_RECONCILE_QUEUES: {queue!r} is not BUCKET:REGION:QUEUE_ID")
 
     @property
     def cos_configured(self) -> bool:

@@ -22,7 +22,7 @@ from pipeline.actions.notify import notify as notify_targets
 from pipeline.actions.resubmit import AttemptStore, decide, input_region, resubmit
 from pipeline.actions.s3 import S3Client, s3_client
 from pipeline.errors import ConfigError
-from pipeline.parsing.events import event_from_dict
+from pipeline.parsing.decoding import event_from_dict
 from workers.app import app
 from workers.base import PipelineTask, backoff_s
 from workers.resources import resources

@@ -3,6 +3,11 @@
 It crosses the broker as plain JSON (the one argument of the ``cicb.ingest`` task). A UTF-8
 body travels as text so it reads in Flower; anything else travels as base64, so the body a
 worker sees, and a dead letter keeps, is byte for byte what Tencent sent.
+
+``source`` says how the body came: ``callback`` (the receiver), ``reconcile`` (a job CI
+listed as finished whose callback never came) or ``replay`` (``cicb replay``); its events
+carry it. ``scope`` (``cicb replay --force``) gives them a new deduplication scope. Both are
+left out of the JSON when they have their defaults, so a callback's message stays as small.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class Envelope:
     received_at: datetime
     remote_addr: str | None
     request_id: str
+    source: str = "callback"
+    scope: str | None = None
 
     @classmethod
     def received_now(
@@ -48,6 +55,8 @@ class Envelope:
             "received_at": self.received_at.isoformat(),
             "remote_addr": self.remote_addr,
             "request_id": self.request_id,
+            **({"source": self.source} if self.source != "callback" else {}),
+            **({"scope": self.scope} if self.scope else {}),
         }
 
     @classmethod
@@ -67,6 +76,8 @@ class Envelope:
                 received_at=datetime.fromisoformat(data["received_at"]),
                 remote_addr=data.get("remote_addr"),
                 request_id=str(data["request_id"]),
+                source=str(data.get("source") or "callback"),
+                scope=str(data["scope"]) if data.get("scope") else None,
             )
         except (KeyError, TypeError, AttributeError, ValueError, binascii.Error) as exc:
             raise PermanentError(f"not a cicb envelope: {exc!r}") from exc

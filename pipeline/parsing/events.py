@@ -1,11 +1,14 @@
 """The normalized event: what a Tencent CI callback means, whatever format it came in.
 
 Events are frozen dataclasses inside a process and plain JSON (``to_dict``) across the
-broker; ``event_from_dict`` turns that JSON back into the same event.
+broker; ``decoding.event_from_dict`` turns that JSON back into the same event.
 
 Every event has a ``source``: ``"callback"`` when CI sent it, ``"query"`` when it was read
-from the answer of one of CI's job queries. It is a plain string, not part of the
-deduplication key: the same job in the same state is one event, however it was learned.
+from the answer of one of CI's job queries, ``"reconcile"`` when the reconciler found the job
+finished without its callback, ``"replay"`` when ``cicb replay`` sent it again. It is a plain
+string, not part of the deduplication key: the same job in the same state is one event,
+however it was learned. A ``scope`` (``cicb replay --force``) is: the same callback in a new
+scope runs its route again, under new deduplication and notification ids.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeAlias
 
-from pipeline.errors import ParseError
 from pipeline.parsing.values import (
     KIND_GENERIC,
     KIND_JOB,
@@ -29,8 +31,6 @@ from pipeline.parsing.values import (
     SubFailure,
     WorkflowRef,
     digest,
-    dt,
-    input_from,
     iso,
 )
 
@@ -53,7 +53,6 @@ __all__ = [
     "WorkflowEvent",
     "WorkflowRef",
     "WorkflowTask",
-    "event_from_dict",
 ]
 
 TASK_FINISH: Final = "TaskFinish"
@@ -122,6 +121,7 @@ class JobEvent:
     sub_tag: str | None = None
     sub_failures: tuple[SubFailure, ...] = ()
     source: str = SOURCE_CALLBACK
+    scope: str | None = None
 
     @property
     def kind(self) -> str:
@@ -129,7 +129,7 @@ class JobEvent:
 
     @property
     def dedup_key(self) -> str:
-        return f"{self.event}:{self.job_id}:{self.state}"
+        return scoped(f"{self.event}:{self.job_id}:{self.state}", self.scope)
 
     def to_dict(self) -> dict[str, Any]:
         """The snake_case, JSON-ready form (what ``cicb parse`` prints and ``notify`` sends)."""
@@ -155,6 +155,7 @@ class JobEvent:
             "sub_failures": [f.to_dict() for f in self.sub_failures],
             "operation": copy.deepcopy(dict(self.operation)),
             "source": self.source,
+            **({"scope": self.scope} if self.scope else {}),
         }
 
 
@@ -172,6 +173,7 @@ class WorkflowEvent:
     created_at: datetime | None
     tasks: tuple[WorkflowTask, ...]
     source: str = SOURCE_CALLBACK
+    scope: str | None = None
 
     @property
     def tag(self) -> None:
@@ -188,7 +190,7 @@ class WorkflowEvent:
 
     @property
     def dedup_key(self) -> str:
-        return f"{self.event}:{self.run_id}:{self.state}"
+        return scoped(f"{self.event}:{self.run_id}:{self.state}", self.scope)
 
     def to_dict(self) -> dict[str, Any]:
         """The snake_case, JSON-ready form; ``tag`` and ``job_id`` are always null."""
@@ -205,6 +207,7 @@ class WorkflowEvent:
             "created_at": iso(self.created_at),
             "tasks": [t.to_dict() for t in self.tasks],
             "source": self.source,
+            **({"scope": self.scope} if self.scope else {}),
         }
 
 
@@ -217,6 +220,7 @@ class _RawEvent:
     job_id: str | None
     state: str
     raw: Mapping[str, Any]
+    scope: str | None
 
     @property
     def tag(self) -> None:
@@ -224,7 +228,7 @@ class _RawEvent:
 
     @property
     def dedup_key(self) -> str:
-        return f"{self.event}:{self.job_id or digest(self.raw)}:{self.state}"
+        return scoped(f"{self.event}:{self.job_id or digest(self.raw)}:{self.state}", self.scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +255,7 @@ class ModerationEvent(_RawEvent):
     forbidden_state: str | None
     raw: Mapping[str, Any]
     source: str = SOURCE_CALLBACK
+    scope: str | None = None
 
     @property
     def kind(self) -> str:
@@ -273,6 +278,7 @@ class ModerationEvent(_RawEvent):
             "forbidden_state": self.forbidden_state,
             "raw": copy.deepcopy(dict(self.raw)),
             "source": self.source,
+            **({"scope": self.scope} if self.scope else {}),
         }
 
 
@@ -290,6 +296,7 @@ class GenericEvent(_RawEvent):
     state: str
     raw: Mapping[str, Any]
     source: str = SOURCE_CALLBACK
+    scope: str | None = None
 
     @property
     def kind(self) -> str:
@@ -304,91 +311,13 @@ class GenericEvent(_RawEvent):
             "state": self.state or None,
             "raw": copy.deepcopy(dict(self.raw)),
             "source": self.source,
+            **({"scope": self.scope} if self.scope else {}),
         }
 
 
 Event: TypeAlias = JobEvent | WorkflowEvent | ModerationEvent | GenericEvent
 
 
-def event_from_dict(d: Mapping[str, Any]) -> Event:
-    """Rebuild the event that ``to_dict`` produced; raises ParseError on anything else.
-
-    A dict without ``source`` (written before events had one, such as an old dead letter)
-    is a callback's. A dict without ``kind`` is read by its event name.
-    """
-    name = d.get("event")
-    by_name = {TASK_FINISH: KIND_JOB, WORKFLOW_FINISH: KIND_WORKFLOW}
-    kind = d.get("kind") or (by_name.get(name) if isinstance(name, str) else None)
-    try:
-        source = d.get("source") or SOURCE_CALLBACK
-        if not isinstance(source, str):
-            raise TypeError(f"source must be a string, not {source!r}")
-        if kind == KIND_MODERATION:
-            return ModerationEvent(
-                event=d["event"],
-                job_id=d.get("job_id"),
-                state=d["state"],
-                code=d.get("code"),
-                message=d.get("message"),
-                result=d.get("result"),
-                label=d.get("label"),
-                url=d.get("url"),
-                input=input_from(d.get("input")),
-                data_id=d.get("data_id"),
-                forbidden_state=d.get("forbidden_state"),
-                raw=copy.deepcopy(dict(d.get("raw") or {})),
-                source=source,
-            )
-        if kind == KIND_GENERIC:
-            return GenericEvent(
-                event=d["event"],
-                job_id=d.get("job_id"),
-                state=d.get("state") or "",
-                raw=copy.deepcopy(dict(d.get("raw") or {})),
-                source=source,
-            )
-        if kind == KIND_WORKFLOW:
-            return WorkflowEvent(
-                event=d["event"],
-                run_id=d["run_id"],
-                workflow_id=d.get("workflow_id"),
-                workflow_name=d.get("workflow_name"),
-                state=d["state"],
-                input=input_from(d.get("input")),
-                created_at=dt(d.get("created_at")),
-                tasks=tuple(_task_from(t) for t in d.get("tasks", ())),
-                source=source,
-            )
-        if kind == KIND_JOB:
-            wf = d.get("workflow")
-            return JobEvent(
-                event=d["event"],
-                job_id=d["job_id"],
-                tag=d.get("tag"),
-                sub_tag=d.get("sub_tag"),
-                state=d["state"],
-                code=d.get("code"),
-                message=d.get("message"),
-                queue_id=d.get("queue_id"),
-                created_at=dt(d.get("created_at")),
-                started_at=dt(d.get("started_at")),
-                ended_at=dt(d.get("ended_at")),
-                input=input_from(d.get("input")),
-                outputs=tuple(OutputObject(**o) for o in d.get("outputs", ())),
-                workflow=WorkflowRef(**wf) if wf is not None else None,
-                user_data=d.get("user_data"),
-                template_id=d.get("template_id"),
-                template_name=d.get("template_name"),
-                operation=copy.deepcopy(dict(d.get("operation") or {})),
-                sub_failures=tuple(SubFailure(**f) for f in d.get("sub_failures", ())),
-                source=source,
-            )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ParseError(f"not a serialized {name} event: {exc!r}") from exc
-    raise ParseError(f"unknown event {name!r}", path="event")
-
-
-def _task_from(t: Mapping[str, Any]) -> WorkflowTask:
-    times = {"created_at": dt(t.get("created_at")), "ended_at": dt(t.get("ended_at"))}
-    outputs = tuple(OutputObject(**o) for o in t.get("outputs", ()))
-    return WorkflowTask(**{**t, **times, "outputs": outputs})
+def scoped(key: str, scope: str | None) -> str:
+    """A deduplication key in ``scope`` (none: the callback's own)."""
+    return f"{key}@{scope}" if scope else key

@@ -3,6 +3,7 @@ and a failure never keeps a callback from a later delivery."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,21 @@ DEDUP_TTL_S = 300
 CLAIM_TTL_S = 1
 
 
-def envelope(job_id: str, *, state: str = "Success", body: bytes | None = None) -> Any:
+def envelope(
+    job_id: str,
+    *,
+    state: str = "Success",
+    body: bytes | None = None,
+    source: str = "callback",
+    scope: str | None = None,
+) -> Any:
     if body is None:
         body = SAMPLE.read_bytes().replace(SAMPLE_JOB_ID, job_id.encode())
         body = body.replace(b"<State>Success</State>", f"<State>{state}</State>".encode())
-    return Envelope.received_now(
+    received = Envelope.received_now(
         body, content_type="application/xml", remote_addr="127.0.0.1", request_id="r1"
-    ).to_json()
+    )
+    return dataclasses.replace(received, source=source, scope=scope).to_json()
 
 
 class Dispatcher:
@@ -37,6 +46,7 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str]] = []
+        self.events: list[dict[str, Any]] = []
         self.fail = 0
         self.error: BaseException = BrokerUnavailable("broker away")
 
@@ -45,6 +55,7 @@ class Dispatcher:
             self.fail -= 1
             raise self.error
         self.calls.append((route.name, event["job_id"], key))
+        self.events.append(event)
 
 
 @pytest.fixture
@@ -66,6 +77,9 @@ def test_a_routed_callback_starts_its_route_and_is_remembered(
         "event": "TaskFinish",
         "job_id": "j1",
         "run_id": None,
+        "tag": "Tts",
+        "state": "Success",
+        "source": "callback",
         "route": "tts",
         "outcome": DISPATCHED,
     }
@@ -175,3 +189,39 @@ def test_without_a_guard_every_delivery_dispatches() -> None:
     for owner in ("t1", "t2"):
         ingest(envelope("j10"), table=TABLE, dispatch=dispatch, owner=owner)
     assert len(dispatch.calls) == 2
+
+
+def test_a_reconciled_job_is_routed_as_reconciled_and_its_callback_is_then_a_duplicate(
+    guard: Guard,
+) -> None:
+    dispatch = Dispatcher()
+    [found] = ingest(
+        envelope("j11", source="reconcile"), table=TABLE, dispatch=dispatch, guard=guard
+    )
+    assert (found["outcome"], found["source"]) == ("reconciled", "reconcile")
+    assert dispatch.events[0]["source"] == "reconcile"
+    [late] = ingest(envelope("j11"), table=TABLE, dispatch=dispatch, guard=guard, owner="t2")
+    assert late["outcome"] == DUPLICATE
+    assert len(dispatch.calls) == 1
+
+
+def test_a_replay_in_a_new_scope_runs_the_route_again_under_new_keys(guard: Guard) -> None:
+    dispatch = Dispatcher()
+    ingest(envelope("j12"), table=TABLE, dispatch=dispatch, guard=guard, owner="t1")
+    [again] = ingest(
+        envelope("j12", source="replay"), table=TABLE, dispatch=dispatch, guard=guard, owner="t2"
+    )
+    assert again["outcome"] == DUPLICATE  # a replay without a new scope runs nothing twice
+    [forced] = ingest(
+        envelope("j12", source="replay", scope="r1"),
+        table=TABLE,
+        dispatch=dispatch,
+        guard=guard,
+        owner="t3",
+    )
+    assert forced["outcome"] == DISPATCHED
+    assert [key for *_, key in dispatch.calls] == [
+        "TaskFinish:j12:Success",
+        "TaskFinish:j12:Success@r1",
+    ]
+    assert dispatch.events[1]["scope"] == "r1" and dispatch.events[1]["source"] == "replay"

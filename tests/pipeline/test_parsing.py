@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from pipeline.errors import ParseError
+from pipeline.parsing.decoding import event_from_dict
 from pipeline.parsing.events import (
     GenericEvent,
     InputObject,
@@ -20,7 +21,6 @@ from pipeline.parsing.events import (
     OutputObject,
     WorkflowEvent,
     WorkflowRef,
-    event_from_dict,
 )
 from pipeline.parsing.reader import parse
 from tests.support import SAMPLES, SHARED_SAMPLE_NAMES, shared_samples

@@ -14,7 +14,7 @@ import random
 import time
 
 from pipeline.errors import ParseError
-from pipeline.parsing.events import event_from_dict
+from pipeline.parsing.decoding import event_from_dict
 from pipeline.parsing.reader import parse
 from tests.support import PARSE_CRASH, SAMPLES
 

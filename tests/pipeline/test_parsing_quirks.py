@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ParseError
 from pipeline.parsing import reader
-from pipeline.parsing.events import Event, GenericEvent, JobEvent, ModerationEvent, event_from_dict
+from pipeline.parsing.decoding import event_from_dict
+from pipeline.parsing.events import Event, GenericEvent, JobEvent, ModerationEvent
 from pipeline.parsing.reader import MAX_DEPTH, detect_format, format_of, parse
 from tests.support import PARSE_CRASH, SAMPLES, assert_refused_on_purpose
 

@@ -18,13 +18,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from pipeline.errors import ParseError
-from pipeline.parsing.events import (
-    GenericEvent,
-    JobEvent,
-    ModerationEvent,
-    WorkflowEvent,
-    event_from_dict,
-)
+from pipeline.parsing.decoding import event_from_dict
+from pipeline.parsing.events import GenericEvent, JobEvent, ModerationEvent, WorkflowEvent
 from pipeline.parsing.reader import MAX_DEPTH, events_of, parse
 from tests.support import ROOT, SAMPLES, assert_refused_on_purpose
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.parsing.events import JobEvent, SubFailure, WorkflowEvent, event_from_dict
+from pipeline.parsing.decoding import event_from_dict
+from pipeline.parsing.events import JobEvent, SubFailure, WorkflowEvent
 from pipeline.parsing.reader import parse
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

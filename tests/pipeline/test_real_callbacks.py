@@ -18,7 +18,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from pipeline.errors import ParseError
-from pipeline.parsing.events import Event, JobEvent, ModerationEvent, WorkflowEvent, event_from_dict
+from pipeline.parsing.decoding import event_from_dict
+from pipeline.parsing.events import Event, JobEvent, ModerationEvent, WorkflowEvent
 from pipeline.parsing.reader import parse
 from tests.real_callbacks import EXPECTED, Reads, Refused, body, real_callbacks
 from tests.support import assert_refused_on_purpose

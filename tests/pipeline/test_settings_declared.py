@@ -41,7 +41,12 @@ def test_only_the_secrets_are_marked_secret() -> None:
 
 # A value of each field's type that passes validation and differs from every default.
 SAMPLES = {"int": "9999", "float": "9.5", "bool": "x", "Path": "elsewhere", "str": "v"}
-VALID = {"log_format": "json", "allowed_cidrs": "10.0.0.0/8", "retry_backoff_max_s": "60"}
+VALID = {
+    "log_format": "json",
+    "allowed_cidrs": "10.0.0.0/8",
+    "retry_backoff_max_s": "60",
+    "reconcile_queues": "bucket-1250000000:ap-chongqing:p1",
+}
 
 
 @pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
