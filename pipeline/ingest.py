@@ -9,6 +9,7 @@ from typing import Any
 from pipeline import logs
 from pipeline.brokers.envelope import Envelope
 from pipeline.guard import Guard
+from pipeline.parsing.events import Event
 from pipeline.parsing.reader import parse
 from pipeline.routing import Route, RouteTable
 
