@@ -3,10 +3,10 @@
 ``resources()`` builds them on first use and keeps them for the process: the settings, the
 Redis that holds what workers share (``CICB_REDIS_URL``, else a Redis broker), and in it the
 guard (deduplication, completion records, delivery counts), the in-flight records (on a
-Redis broker only) and the outcome counters; and the notify targets, the webhook secret and
-the copy destination, parsed and checked. The worker builds them as it starts
-(``workers.app``), so a bad setting stops it with one line instead of dead-lettering every
-task that needs it.
+Redis broker only), the outcome counters and the archive; and the notify targets, the
+webhook secret and the copy destination, parsed and checked. The worker builds them as it
+starts (``workers.app``), so a bad setting stops it with one line instead of dead-lettering
+every task that needs it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pipeline.actions.copying import CopyTarget
 from pipeline.actions.resubmit import DEFAULT_NEVER_RETRY_CODES
 from pipeline.actions.signing import webhook_secret_bytes
 from pipeline.actions.targets import Target
+from pipeline.archive import Archive
 from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.kind import BrokerKind, kind_of
 from pipeline.counters import Counters
@@ -46,6 +47,8 @@ class Resources:
     webhook_key: bytes | None
     copy_target: CopyTarget | None
     never_retry_codes: frozenset[str]
+    # Where cicb.ingest keeps each body it handled (None: off, or no Redis).
+    archive: Archive | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Resources:
@@ -81,6 +84,7 @@ class Resources:
                 if settings.retry_never_codes is not None
                 else DEFAULT_NEVER_RETRY_CODES
             ),
+            archive=Archive.configured(client, settings),
         )
 
     def finished(self, task_id: str) -> None:

@@ -9,8 +9,10 @@ from typing import Any
 from celery import chain
 
 from pipeline import logs
+from pipeline.archive import DEAD_LETTERED, dead_lettered_outcomes
+from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.queues import INGEST_TASK
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.routing import Route, RouteTable, table_for
 from workers.app import app
@@ -55,7 +57,42 @@ def dispatch(route: Route, event: dict[str, Any], key: str) -> None:
     chain(*steps).apply_async()
 
 
-@app.task(base=PipelineTask, bind=True, name=INGEST_TASK)
+class IngestTask(PipelineTask):
+    """``cicb.ingest``'s base: the shared policy, and the archive's record of a body whose
+    ingest failed for good, written before it is dead-lettered."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        archive_dead_letter(exc, task_id, args)
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+def archive_dead_letter(exc: BaseException, task_id: str, args: Any) -> None:
+    """Archive the envelope in ``args`` as ``dead_lettered``, with the error and, when the
+    body can be read, its events; never raises (the dead letter matters more)."""
+    archive = resources().archive
+    if archive is None:
+        return
+    try:
+        envelope = Envelope.from_json(args[0])
+        try:
+            table = route_table()
+        except PipelineError:
+            table = None
+        archive.record(
+            envelope,
+            task_id=task_id,
+            outcomes=dead_lettered_outcomes(envelope, table),
+            outcome=DEAD_LETTERED,
+            error=type(exc).__name__,
+            reason=str(exc),
+        )
+    except Exception as failure:  # not an envelope: no body to keep
+        log.warning("archive.not_written", task_id=task_id, error=repr(failure))
+
+
+@app.task(base=IngestTask, bind=True, name=INGEST_TASK)
 def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]:
     """Parse one callback and start its route (``envelope``: ``Envelope.to_json()``)."""
     res = resources()
@@ -64,4 +101,6 @@ def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]
     )
     for outcome in outcomes:
         res.counters.add(outcome["outcome"])
+    if res.archive is not None:
+        res.archive.record(Envelope.from_json(envelope), task_id=self.request.id, outcomes=outcomes)
     return outcomes

@@ -11,7 +11,7 @@ import sys
 import click
 
 from pipeline import logs
-from pipeline.cli import callbacks, dlq, run
+from pipeline.cli import archive, callbacks, dlq, run
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, get_settings
 
@@ -36,3 +36,5 @@ for command in (run.up, run.receiver, run.worker, callbacks.send, callbacks.pars
     main.add_command(command)
 main.add_command(callbacks.routes)
 main.add_command(dlq.dlq)
+main.add_command(archive.archive)
+main.add_command(archive.replay)
