@@ -51,6 +51,8 @@ DEFAULTS = [
     Default("CICB_BODY_TIMEOUT_S", "body_timeout_s", 10.0),
     Default("CICB_DEDUP_TTL_S", "dedup_ttl_s", 604_800),
     Default("CICB_MAX_DELIVERIES", "max_deliveries", 3),
+    Default("CICB_ARCHIVE_RETENTION_S", "archive_retention_s", 259_200),
+    Default("CICB_ARCHIVE_MAX_ENTRIES", "archive_max_entries", 200_000),
     Default("CICB_NOTIFY_URLS", "notify_urls", (), "none"),
     Default("CICB_NOTIFY_SECRET", "notify_secret", None, "none"),
     Default("CICB_NOTIFY_TIMEOUT_S", "notify_timeout_s", 10.0),
