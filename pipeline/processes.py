@@ -1,7 +1,9 @@
 """The processes of a cicb deployment, as ``cicb up`` runs them under honcho.
 
-The same commands are in the ``Procfile``; ``cicb up`` adds the embedded broker when no
-``CICB_BROKER_URL`` is set, and makes the receiver's token when none is set.
+The same commands are in the ``Procfile`` and ``docker-compose.yml``: receiver, worker, beat
+(the one process that schedules reconcile passes: run one per deployment) and Flower.
+``cicb up`` adds the embedded broker when no ``CICB_BROKER_URL`` is set, and makes the
+receiver's token when none is set.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE
 from pipeline.settings import Settings
 
 WORKER_COMMAND = f"celery -A workers.app worker -Q {INGEST_QUEUE},{ACTIONS_QUEUE} --loglevel INFO"
+# One beat per deployment: it sends cicb.reconcile every CICB_RECONCILE_INTERVAL_S.
+BEAT_COMMAND = "celery -A workers.app beat --loglevel INFO"
 FLOWER_COMMAND = "celery -A workers.app flower"
 RECEIVER_COMMAND = "cicb receiver"
 
@@ -61,6 +65,7 @@ def commands(settings: Settings) -> dict[str, str]:
         procs["broker"] = embedded_broker_command(settings)
     procs["web"] = _python(RECEIVER_COMMAND)
     procs["worker"] = _python(WORKER_COMMAND)
+    procs["beat"] = _python(BEAT_COMMAND)
     procs["flower"] = _python(
         f"{FLOWER_COMMAND} --address={settings.flower_host} --port={settings.flower_port}"
     )

@@ -1,10 +1,21 @@
-"""Local stand-ins for the services cicb's actions talk to: CI's /jobs API and S3."""
+"""Local stand-ins for the services cicb talks to: CI's job APIs (submit, list, query).
+
+``CiServer`` holds what the server answers; ``serve_ci`` runs it on a loopback port for the
+real SDK, which ``CosConfig`` sends there (``pipeline.actions.cos.cos_client`` with an
+endpoint), naming the bucket in the Host header as for CI itself.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+from xml.sax.saxutils import escape
 
 NEW_JOB_ID = "j8d9b7e2a5c3411ed9e4b525400a3c59f"
 
@@ -24,13 +35,241 @@ SUBMITTED = f"""<Response><JobsDetail><Code>Success</Code><Message/>
 @dataclass
 class CiServer:
     """A local stand-in for ``<bucket>.ci.<region>.myqcloud.com``: records each request and
-    answers with the (status, body) pairs it is given, then with ``SUBMITTED``."""
+    answers a submitted job with the (status, body) pairs it is given, then with
+    ``SUBMITTED``; lists and queries (``serve_ci``) from ``jobs`` and ``runs`` (by bucket),
+    or with the error in ``refusals`` (by queue id, workflow id or bucket)."""
 
     endpoint: str
     requests: list[dict[str, Any]] = field(default_factory=list)
     answers: list[tuple[int, bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    jobs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refusals: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+
+    def lists(self) -> list[dict[str, Any]]:
+        """The list requests received (``GET /jobs`` and ``GET /workflowexecution``)."""
+        with self.lock:
+            paths = ("/jobs", "/workflowexecution")
+            return [r for r in self.requests if r["method"] == "GET" and r["path"] in paths]
 
     def next_answer(self) -> tuple[int, bytes]:
         with self.lock:
             return self.answers.pop(0) if self.answers else (200, SUBMITTED)
+
+
+# -- CI's list and query APIs ---------------------------------------------------------------
+
+CI_TIME = "%Y-%m-%dT%H:%M:%S%z"
+CI_TZ = timezone(timedelta(hours=8))
+MAX_PAGE_SIZE = 100
+
+
+def ci_time(moment: datetime) -> str:
+    return moment.astimezone(CI_TZ).strftime(CI_TIME)
+
+
+def ci_error(status: int, code: str, message: str) -> tuple[int, bytes]:
+    """An answer as CI words its errors: no ``<Resource>``, unlike COS."""
+    body = (
+        f"<Error><Code>{code}</Code><Message>{escape(message)}</Message>"
+        "<RequestId>NjJiZDYwYTFfNjUzYTYyNjRfZjEwZl8xMmZhYzY5</RequestId></Error>"
+    )
+    return status, body.encode()
+
+
+def to_xml(name: str, value: Any) -> str:
+    """A node as the SDK reads it back: a list is the element repeated, None is empty."""
+    if isinstance(value, list):
+        return "".join(to_xml(name, item) for item in value)
+    if isinstance(value, dict):
+        return f"<{name}>{''.join(to_xml(k, v) for k, v in value.items())}</{name}>"
+    if value is None:
+        return f"<{name}/>"
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def ci_job(
+    job_id: str,
+    *,
+    bucket: str,
+    region: str,
+    queue_id: str,
+    tag: str,
+    state: str,
+    created: datetime,
+    ended: datetime | None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """A job as CI's job list and query answer it (``EndTime`` is ``-`` while it runs)."""
+    failed = state == "Failed"
+    return {
+        "Code": code or ("InternalError" if failed else "Success"),
+        "Message": "transcode worker lost" if failed else None,
+        "JobId": job_id,
+        "Tag": tag,
+        "State": state,
+        "CreationTime": ci_time(created),
+        "StartTime": ci_time(created + timedelta(seconds=1)),
+        "EndTime": ci_time(ended) if ended else "-",
+        "QueueId": queue_id,
+        "QueueType": "Common",
+        "Input": {"Region": region, "Bucket": bucket, "Object": f"in/{job_id}.mp4"},
+        "Operation": {
+            "TemplateId": "t0123456789abcdef0123456789abcdef",
+            "Output": {"Region": region, "Bucket": bucket, "Object": f"out/{job_id}.mp4"},
+            "UserData": f"order-{job_id}",
+            "JobLevel": "0",
+        },
+    }
+
+
+def job_callback(job: dict[str, Any]) -> bytes:
+    """The TaskFinish callback CI would have sent for ``job``."""
+    return _response("<EventName>TaskFinish</EventName>" + to_xml("JobsDetail", job))
+
+
+def _created(node: dict[str, Any]) -> datetime:
+    return datetime.strptime(node.get("CreationTime") or node["CreateTime"], CI_TIME)
+
+
+def _bucket_of(host: str) -> str:
+    return host.split(".ci.", 1)[0]
+
+
+class CiApi:
+    """The list and query APIs of ``CiServer``, answering from its ``jobs`` and ``runs``."""
+
+    def __init__(self, ci: CiServer) -> None:
+        self.ci = ci
+
+    def get(self, host: str, path: str, query: dict[str, str]) -> tuple[int, bytes]:
+        bucket = _bucket_of(host)
+        if path == "/jobs":
+            return self.list_jobs(bucket, query)
+        if path.startswith("/jobs/"):
+            ids = path.removeprefix("/jobs/").split(",")
+            found = [j for j in self.ci.jobs.get(bucket, []) if j["JobId"] in ids]
+            missing = [i for i in ids if i not in {j["JobId"] for j in found}]
+            return 200, _response(to_xml("JobsDetail", found) + to_xml("NonExistJobIds", missing))
+        if path == "/workflowexecution":
+            return self.list_runs(bucket, query)
+        if path.startswith("/workflowexecution/"):
+            run_id = path.rsplit("/", 1)[1]
+            runs = [r for r in self.ci.runs.get(bucket, []) if r["RunId"] == run_id]
+            return 200, _response(to_xml("WorkflowExecution", runs))
+        return ci_error(404, "NoSuchResource", f"no {path}")
+
+    def list_jobs(self, bucket: str, query: dict[str, str]) -> tuple[int, bytes]:
+        if "tag" not in query:
+            return ci_error(400, "InvalidParameter", "tag is required")
+        queue = query.get("queueId")
+        refusal = self.ci.refusals.get(queue or "") or self.ci.refusals.get(bucket)
+        if refusal is not None:
+            return refusal
+        jobs = [
+            j
+            for j in self.ci.jobs.get(bucket, [])
+            if j["Tag"] == query["tag"] and (queue is None or j["QueueId"] == queue)
+        ]
+        return self._page(jobs, query, "JobsDetail", lambda j: j)
+
+    def list_runs(self, bucket: str, query: dict[str, str]) -> tuple[int, bytes]:
+        workflow = query.get("workflowId", "")
+        refusal = self.ci.refusals.get(workflow) or self.ci.refusals.get(bucket)
+        if refusal is not None:
+            return refusal
+        runs = [r for r in self.ci.runs.get(bucket, []) if r["WorkflowId"] == workflow]
+
+        def entry(run: dict[str, Any]) -> dict[str, Any]:
+            # The list gives each run's summary, with CreationTime, and no nodes.
+            keys = ("RunId", "WorkflowId", "State", "Object")
+            return {**{k: run[k] for k in keys if k in run}, "CreationTime": run["CreateTime"]}
+
+        return self._page(runs, query, "WorkflowExecutionList", entry)
+
+    def _page(
+        self,
+        nodes: list[dict[str, Any]],
+        query: dict[str, str],
+        name: str,
+        shown: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> tuple[int, bytes]:
+        size = int(query.get("size") or 10)
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            return ci_error(400, "InvalidParameter", f"size must be 1 to {MAX_PAGE_SIZE}")
+        states = query.get("states") or "All"
+        if states != "All":
+            nodes = [n for n in nodes if n["State"] in states.split(",")]
+        start: datetime | None
+        end: datetime | None
+        try:
+            start = datetime.strptime(query["startCreationTime"], CI_TIME)
+            end = datetime.strptime(query["endCreationTime"], CI_TIME)
+        except KeyError:
+            start = end = None
+        except ValueError:
+            return ci_error(400, "InvalidParameter", "bad creation time")
+        if start is not None and end is not None:
+            nodes = [n for n in nodes if start <= _created(n) <= end]
+        nodes = sorted(nodes, key=_created, reverse=query.get("orderByTime") != "Asc")
+        offset = int(query.get("nextToken") or 0)
+        page = nodes[offset : offset + size]
+        more = offset + size < len(nodes)
+        token = to_xml("NextToken", str(offset + size) if more else None)
+        return 200, _response(to_xml(name, [shown(n) for n in page]) + token)
+
+
+def _response(inner: str) -> bytes:
+    return f"<Response>{inner}</Response>".encode()
+
+
+@contextmanager
+def serve_ci(ci: CiServer | None = None) -> Iterator[CiServer]:
+    """A ``CiServer`` on a free loopback port answering the submit-job API (``POST /jobs``,
+    with its ``answers``) and the list and query APIs (from its ``jobs`` and ``runs``)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    ci = CiServer(endpoint="") if ci is None else ci
+    ci.endpoint = f"127.0.0.1:{server.server_address[1]}"
+    api = CiApi(ci)
+    served: CiServer = ci
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            query = dict(parse_qsl(url.query, keep_blank_values=True))
+            host = self.headers.get("Host", "")
+            with served.lock:
+                served.requests.append(
+                    {"method": "GET", "path": url.path, "query": query, "host": host}
+                )
+                status, answer = api.get(host, url.path, query)
+            self.answer(status, answer)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with served.lock:
+                served.requests.append(
+                    {"method": "POST", "path": self.path, "headers": self.headers, "body": body}
+                )
+            self.answer(*served.next_answer())
+
+        def answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("x-ci-request-id", "NjJiZDYwYTFfNjUzYTYyNjRfZjEwZl8xMmZhYzY5")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,4 +1,4 @@
-"""The Celery app: ``celery -A workers.app worker`` and ``celery -A workers.app flower``.
+"""The Celery app: ``celery -A workers.app worker``, ``... beat`` and ``... flower``.
 
 Workers consume ``ingest`` and ``actions``. ``dead_letter`` is declared where dead
 letters are written and consumed by nobody: ``cicb dlq`` reads it.
@@ -27,12 +27,14 @@ from pipeline.brokers.queues import (
     transport_options,
 )
 from pipeline.errors import ConfigError
-from pipeline.settings import get_settings
+from pipeline.settings import Settings, get_settings
 from workers.resources import resources
 from workers.sweeper import Sweeper, keep_messages
 
 # Exit status of a worker stopped by a bad setting (sysexits' EX_CONFIG).
 EX_CONFIG = 78
+# Sent by Celery beat; workers.reconcile runs it.
+RECONCILE_TASK = "cicb.reconcile"
 
 T = TypeVar("T")
 
@@ -51,7 +53,12 @@ def configuration() -> dict[str, Any]:
     """Celery's settings, from cicb's (read when Celery first needs them)."""
     settings = stop_on_bad_settings(get_settings)
     return {
-        "include": ["workers.tasks", "workers.actions", *settings.routes_modules],
+        "include": [
+            "workers.tasks",
+            "workers.actions",
+            "workers.reconcile",
+            *settings.routes_modules,
+        ],
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,
@@ -77,6 +84,25 @@ def configuration() -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
+        "beat_schedule": beat_schedule(settings),
+        # The schedule is that one entry, rebuilt as beat starts: no schedule file to keep.
+        "beat_scheduler": "celery.beat:Scheduler",
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """What Celery beat sends: ``cicb.reconcile`` every ``CICB_RECONCILE_INTERVAL_S`` (0, or
+    no CI keys: nothing). A tick no worker took within one interval expires; the next does
+    its work."""
+    interval_s = float(settings.reconcile_interval_s)
+    if not (interval_s and settings.cos_configured):
+        return {}
+    return {
+        RECONCILE_TASK: {
+            "task": RECONCILE_TASK,
+            "schedule": interval_s,
+            "options": {"queue": ACTIONS_QUEUE, "expires": interval_s},
+        }
     }
 
 

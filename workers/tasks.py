@@ -17,6 +17,7 @@ from pipeline.ingest import ingest as ingest_envelope
 from pipeline.routing import Route, RouteTable, table_for
 from workers.app import app
 from workers.base import PipelineTask
+from workers.reconcile import learn
 from workers.resources import resources
 
 log = logs.get_logger("cicb.tasks")
@@ -97,7 +98,12 @@ def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]
     """Parse one callback and start its route (``envelope``: ``Envelope.to_json()``)."""
     res = resources()
     outcomes = ingest_envelope(
-        envelope, table=route_table(), dispatch=dispatch, guard=res.guard, owner=self.request.id
+        envelope,
+        table=route_table(),
+        dispatch=dispatch,
+        guard=res.guard,
+        owner=self.request.id,
+        seen=learn,  # the queues, Tags and workflows the reconciler lists
     )
     for outcome in outcomes:
         res.counters.add(outcome["outcome"])

@@ -12,6 +12,8 @@ import click
 
 from pipeline import logs
 from pipeline.cli import archive, callbacks, dlq, run
+from pipeline.cli.reconcile import beat as beat_command
+from pipeline.cli.reconcile import reconcile as reconcile_command
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, get_settings
 
@@ -36,5 +38,7 @@ for command in (run.up, run.receiver, run.worker, callbacks.send, callbacks.pars
     main.add_command(command)
 main.add_command(callbacks.routes)
 main.add_command(dlq.dlq)
+main.add_command(reconcile_command)
+main.add_command(beat_command)
 main.add_command(archive.archive)
 main.add_command(archive.replay)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.processes import FLOWER_COMMAND, RECEIVER_COMMAND, WORKER_COMMAND
+from pipeline.processes import BEAT_COMMAND, FLOWER_COMMAND, RECEIVER_COMMAND, WORKER_COMMAND
 from tests.support import (
     ROOT,
     SAMPLES,
@@ -35,6 +35,7 @@ def test_procfile_has_the_processes_of_cicb_up() -> None:
     procs = procfile()
     assert procs["web"] == RECEIVER_COMMAND
     assert procs["worker"] == WORKER_COMMAND
+    assert procs["beat"] == BEAT_COMMAND
     assert procs["flower"].startswith(FLOWER_COMMAND)
 
 

@@ -13,7 +13,7 @@ def test_without_a_broker_url_up_starts_the_embedded_broker_with_persistence(
     tmp_path: Path,
 ) -> None:
     procs = commands(Settings.from_env({"CICB_DATA_DIR": str(tmp_path)}))
-    assert list(procs) == ["broker", "web", "worker", "flower"]
+    assert list(procs) == ["broker", "web", "worker", "beat", "flower"]
     broker = procs["broker"]
     assert "valkey-server" in broker
     assert "--appendonly yes" in broker
@@ -24,9 +24,10 @@ def test_without_a_broker_url_up_starts_the_embedded_broker_with_persistence(
 
 def test_with_a_broker_url_up_starts_no_broker() -> None:
     procs = commands(Settings.from_env({"CICB_BROKER_URL": "redis://redis.internal:6379/0"}))
-    assert list(procs) == ["web", "worker", "flower"]
+    assert list(procs) == ["web", "worker", "beat", "flower"]
     assert "--port=5555" in procs["flower"] and "--address=127.0.0.1" in procs["flower"]
     assert "-Q ingest,actions" in procs["worker"]
+    assert "-A workers.app beat" in procs["beat"]
 
 
 def test_the_token_is_made_once_kept_private_and_reused(tmp_path: Path) -> None:
