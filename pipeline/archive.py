@@ -95,6 +95,10 @@ def dead_lettered_outcomes(envelope: Envelope, table: RouteTable | None) -> list
     return outcomes
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _text(fields: Mapping[bytes, bytes], name: bytes) -> str | None:
     value = fields.get(name)
     return value.decode("utf-8", "replace") if value is not None else None
@@ -129,7 +133,7 @@ class ArchiveEntry:
             return cls(
                 id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
                 request_id=fields[b"request_id"].decode(),
-                received_at=datetime.fromisoformat(fields[b"received_at"].decode()),
+                received_at=_aware(datetime.fromisoformat(fields[b"received_at"].decode())),
                 remote_addr=_text(fields, b"remote_addr"),
                 content_type=_text(fields, b"content_type"),
                 source=_text(fields, b"source") or "callback",

@@ -4,6 +4,7 @@ through ingest again."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -161,3 +162,23 @@ def test_replay_keeps_to_its_rate_and_needs_a_filter(tier: Tier) -> None:
 
     refused = CliRunner().invoke(cicb, ["replay"])
     assert refused.exit_code == 2 and "at least one filter" in refused.output
+
+
+def test_export_writes_one_json_object_a_line_oldest_first(tier: Tier) -> None:
+    bodies = [
+        tier.callback("jarch-export1", tag="Steps"),
+        b"\x00\xff garbage",
+        tier.callback("jarch-export2"),
+    ]
+    for body in bodies:
+        tier.ingest(body)
+    tier.wait_for_dead_letters(1)
+    tier.idle()
+    lines = run("archive", "export").stdout_bytes.splitlines()
+    exported = [json.loads(line) for line in lines]
+    assert [base64.b64decode(e["body"]) for e in exported] == bodies
+    assert {e["body_encoding"] for e in exported} == {"base64"}
+    assert [e["outcome"] for e in exported] == ["dispatched", "dead_lettered", "dispatched"]
+    assert [e["id"] for e in exported] == [e.id for e in reversed(archived(tier))]
+    steps = run("archive", "export", "--tag", "Steps").stdout_bytes.splitlines()
+    assert [json.loads(line)["events"][0]["job_id"] for line in steps] == ["jarch-export1"]
