@@ -39,9 +39,12 @@ def commands_listed(help_text: str) -> set[str]:
 def test_help_lists_every_command(env: dict[str, str]) -> None:
     assert commands_listed(run_cli("--help", env=env).stdout) == {
         *("up", "receiver", "worker", "send", "parse", "routes", "dlq"),
+        *("archive", "replay"),
     }
     dlq = run_cli("dlq", "--help", env=env).stdout
     assert commands_listed(dlq) == {"list", "show", "replay", "purge"}
+    archive = run_cli("archive", "--help", env=env).stdout
+    assert commands_listed(archive) == {"list", "show", "export"}
 
 
 def test_parse_prints_the_event_and_refuses_garbage(env: dict[str, str], tmp_path: Path) -> None:
