@@ -190,6 +190,7 @@ class _Stream:
             return
         end = span.end
         batch: list[tuple[Listed, dict[str, Any]]] = []
+        count = 0
         for count, (event, node) in enumerate(self._listed(span), start=1):
             self.report.listed += 1
             if self._finished(event):
@@ -212,7 +213,7 @@ class _Stream:
             start=_iso(span.start),
             end=_iso(span.end),
             checkpoint=_iso(end),
-            listed=self.report.listed,
+            listed=count,
         )
 
     def _listed(self, span: Window) -> Iterable[tuple[Listed, dict[str, Any]]]:
