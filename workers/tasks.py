@@ -72,10 +72,10 @@ class IngestTask(PipelineTask):
 def archive_dead_letter(exc: BaseException, task_id: str, args: Any) -> None:
     """Archive the envelope in ``args`` as ``dead_lettered``, with the error and, when the
     body can be read, its events; never raises (the dead letter matters more)."""
-    archive = resources().archive
-    if archive is None:
-        return
     try:
+        archive = resources().archive
+        if archive is None:
+            return
         envelope = Envelope.from_json(args[0])
         try:
             table = route_table()
@@ -89,7 +89,7 @@ def archive_dead_letter(exc: BaseException, task_id: str, args: Any) -> None:
             error=type(exc).__name__,
             reason=str(exc),
         )
-    except Exception as failure:  # not an envelope: no body to keep
+    except Exception as failure:  # not an envelope (no body to keep), or no resources
         log.warning("archive.not_written", task_id=task_id, error=repr(failure))
 
 
