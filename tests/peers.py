@@ -37,7 +37,8 @@ class CiServer:
     """A local stand-in for ``<bucket>.ci.<region>.myqcloud.com``: records each request and
     answers a submitted job with the (status, body) pairs it is given, then with
     ``SUBMITTED``; lists and queries (``serve_ci``) from ``jobs`` and ``runs`` (by bucket),
-    or with the error in ``refusals`` (by queue id, workflow id or bucket)."""
+    or with the error in ``refusals`` (by queue id, workflow id or bucket) every time, or
+    those in ``failures`` once each."""
 
     endpoint: str
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -46,6 +47,8 @@ class CiServer:
     jobs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     refusals: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # Answers given once each, before the list is answered (by queue id or workflow id).
+    failures: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
 
     def lists(self) -> list[dict[str, Any]]:
         """The list requests received (``GET /jobs`` and ``GET /workflowexecution``)."""
@@ -164,7 +167,7 @@ class CiApi:
         if "tag" not in query:
             return ci_error(400, "InvalidParameter", "tag is required")
         queue = query.get("queueId")
-        refusal = self.ci.refusals.get(queue or "") or self.ci.refusals.get(bucket)
+        refusal = self.refusal(queue or "", bucket)
         if refusal is not None:
             return refusal
         jobs = [
@@ -176,7 +179,7 @@ class CiApi:
 
     def list_runs(self, bucket: str, query: dict[str, str]) -> tuple[int, bytes]:
         workflow = query.get("workflowId", "")
-        refusal = self.ci.refusals.get(workflow) or self.ci.refusals.get(bucket)
+        refusal = self.refusal(workflow, bucket)
         if refusal is not None:
             return refusal
         runs = [r for r in self.ci.runs.get(bucket, []) if r["WorkflowId"] == workflow]
@@ -187,6 +190,11 @@ class CiApi:
             return {**{k: run[k] for k in keys if k in run}, "CreationTime": run["CreateTime"]}
 
         return self._page(runs, query, "WorkflowExecutionList", entry)
+
+    def refusal(self, name: str, bucket: str) -> tuple[int, bytes] | None:
+        if self.ci.failures.get(name):
+            return self.ci.failures[name].pop(0)
+        return self.ci.refusals.get(name) or self.ci.refusals.get(bucket)
 
     def _page(
         self,

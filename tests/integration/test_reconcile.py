@@ -118,7 +118,9 @@ def test_one_pass_routes_every_lost_job_once_and_the_late_callbacks_are_duplicat
     assert 2900 < one["late_s"] < 3100
     assert target.received == [] and counters(broker_url) == {}
 
-    # One pass, as beat sends it: cicb.reconcile fans out one task per queue.
+    # One pass, as beat sends it: cicb.reconcile fans out one task per queue. The first
+    # queue's first list fails for now: its task is retried with the usual backoff.
+    ci.failures[QUEUES[0]] = [ci_error(503, "ServiceUnavailable", "busy")]
     publisher = Publisher(Settings(broker_url=broker_url))
     publisher.send("cicb.reconcile", [], queue_name="actions")
     events = target.wait_for(60, timeout_s=120)
@@ -129,6 +131,8 @@ def test_one_pass_routes_every_lost_job_once_and_the_late_callbacks_are_duplicat
     wait_until(lambda: len(ci_posts(ci)) == 10, timeout_s=60, what="10 resubmissions")
     assert stack.dead_letters() == []
     log = stack.worker.log()
+    retried = [line for line in log.splitlines() if "cicb.reconcile_queue[" in line]
+    assert any("Retry in" in line and "HTTP 503" in line for line in retried)
     refused = [json.loads(line) for line in log.splitlines() if '"reconcile.refused"' in line]
     assert len(refused) == 1
     assert refused[0]["code"] == "AccessDenied" and refused[0]["status"] == 403

@@ -63,6 +63,10 @@ DEFAULTS = [
     Default("CICB_COS_SECRET_KEY", "cos_secret_key", None, "none"),
     Default("CICB_CI_ENDPOINT", "ci_endpoint", None, "CI's own endpoint"),
     Default("CICB_RETRY_MAX_ATTEMPTS", "retry_max_attempts", 2),
+    Default("CICB_RECONCILE_INTERVAL_S", "reconcile_interval_s", 300),
+    Default("CICB_RECONCILE_GRACE_S", "reconcile_grace_s", 600),
+    Default("CICB_RECONCILE_QUEUES", "reconcile_queues", (), "none"),
+    Default("CICB_RECONCILE_TAGS", "reconcile_tags", (), "none"),
     # None: retry_job uses DEFAULT_NEVER_RETRY_CODES, pinned below.
     Default("CICB_RETRY_NEVER_CODES", "retry_never_codes", None, "input errors"),
     Default("CICB_MAX_RETRIES", "max_retries", 8),
