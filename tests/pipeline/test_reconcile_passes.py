@@ -27,11 +27,11 @@ from pipeline.reconcile import (
     window,
 )
 from pipeline.reconcile.plan import DEFAULT_FIRST_LOOKBACK_S, DEFAULT_OVERLAP_S
-from pipeline.reconcile.store import LEARN_REFRESH_S, TARGETS_KEY
+from pipeline.reconcile.store import LEARN_REFRESH_S, TARGETS_KEY, learned_members
 from pipeline.routing import RouteTable, table_for
 from pipeline.settings import Settings
 from tests.peers import CiServer, ci_error, ci_job, ci_time, job_callback, serve_ci
-from tests.support import free_port
+from tests.support import SAMPLES, free_port
 
 BUCKET = "media-1250000000"
 REGION = "ap-guangzhou"
@@ -394,3 +394,14 @@ def test_a_lost_workflow_run_is_sent_with_its_nodes(ci: CiServer, store: Reconci
         "WorkflowFinish:i1:Failed",
     ]
     assert report.pending == 1
+
+
+def test_the_targets_a_real_callback_names() -> None:
+    [job_of_workflow] = parse((SAMPLES / "transcode_workflow.xml").read_bytes())
+    assert learned_members(job_of_workflow) == [
+        "queue|examplebucket-1250000000|ap-chongqing|p2242ab62c7c94486915508540933a2c6|Transcode",
+        "workflow|examplebucket-1250000000|ap-chongqing|web6ac56c1ef54dbfa44d7f4103203be9",
+    ]
+    # A WorkflowFinish callback names no region: its workflow is learned from its jobs'.
+    [run] = parse((SAMPLES / "workflowfinish_success.xml").read_bytes())
+    assert learned_members(run) == []

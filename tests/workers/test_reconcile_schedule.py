@@ -1,0 +1,29 @@
+"""What Celery beat sends: one reconcile pass every CICB_RECONCILE_INTERVAL_S, or nothing."""
+
+from __future__ import annotations
+
+from pipeline.settings import Settings
+from workers.app import RECONCILE_TASK, beat_schedule, configuration
+
+KEYS = {"cos_secret_id": "AKIDtest", "cos_secret_key": "k"}
+
+
+def test_beat_sends_a_pass_every_interval_that_expires_after_one() -> None:
+    assert beat_schedule(Settings(**KEYS)) == {
+        RECONCILE_TASK: {
+            "task": "cicb.reconcile",
+            "schedule": 300.0,
+            "options": {"queue": "actions", "expires": 300.0},
+        }
+    }
+
+
+def test_beat_sends_nothing_when_off_or_without_ci_keys() -> None:
+    assert beat_schedule(Settings(**KEYS, reconcile_interval_s=0)) == {}
+    assert beat_schedule(Settings()) == {}
+
+
+def test_workers_run_the_reconcile_tasks_and_beat_keeps_no_file() -> None:
+    conf = configuration()
+    assert "workers.reconcile" in conf["include"]
+    assert conf["beat_scheduler"] == "celery.beat:Scheduler"
