@@ -31,11 +31,12 @@ log = logs.get_logger("cicb.reconcile")
 
 @functools.cache
 def store() -> ReconcileStore | None:
-    """The reconciler's state, in the Redis workers share (None without one)."""
+    """The reconciler's state, in the Redis workers share (None without one), through the
+    process's one pool."""
     res = resources()
-    if res.kind.state_url is None:
+    if res.client is None:
         return None
-    return ReconcileStore.from_url(res.kind.state_url, retention_s=res.settings.dedup_ttl_s)
+    return ReconcileStore(res.client, retention_s=res.settings.dedup_ttl_s)
 
 
 def learn(event: Event) -> None:
