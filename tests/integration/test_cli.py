@@ -40,6 +40,7 @@ def test_help_lists_every_command(env: dict[str, str]) -> None:
     assert commands_listed(run_cli("--help", env=env).stdout) == {
         *("up", "receiver", "worker", "send", "parse", "routes", "dlq"),
         *("archive", "replay"),
+        *("reconcile", "beat"),
     }
     dlq = run_cli("dlq", "--help", env=env).stdout
     assert commands_listed(dlq) == {"list", "show", "replay", "purge"}

@@ -1,14 +1,19 @@
-"""What Celery beat sends: one reconcile pass every CICB_RECONCILE_INTERVAL_S, or nothing."""
+"""What Celery beat sends: one reconcile pass every CICB_RECONCILE_INTERVAL_S, or nothing.
+
+``workers`` is imported inside the tests, after the worker tier set the environment up.
+"""
 
 from __future__ import annotations
 
 from pipeline.settings import Settings
-from workers.app import RECONCILE_TASK, beat_schedule, configuration
+from tests.workers.conftest import Tier
 
 KEYS = {"cos_secret_id": "AKIDtest", "cos_secret_key": "k"}
 
 
-def test_beat_sends_a_pass_every_interval_that_expires_after_one() -> None:
+def test_beat_sends_a_pass_every_interval_that_expires_after_one(tier: Tier) -> None:
+    from workers.app import RECONCILE_TASK, beat_schedule
+
     assert beat_schedule(Settings(**KEYS)) == {
         RECONCILE_TASK: {
             "task": "cicb.reconcile",
@@ -18,12 +23,17 @@ def test_beat_sends_a_pass_every_interval_that_expires_after_one() -> None:
     }
 
 
-def test_beat_sends_nothing_when_off_or_without_ci_keys() -> None:
+def test_beat_sends_nothing_when_off_or_without_ci_keys(tier: Tier) -> None:
+    from workers.app import beat_schedule
+
     assert beat_schedule(Settings(**KEYS, reconcile_interval_s=0)) == {}
     assert beat_schedule(Settings()) == {}
 
 
-def test_workers_run_the_reconcile_tasks_and_beat_keeps_no_file() -> None:
+def test_workers_run_the_reconcile_tasks_and_beat_keeps_no_file(tier: Tier) -> None:
+    from workers.app import configuration
+
     conf = configuration()
     assert "workers.reconcile" in conf["include"]
     assert conf["beat_scheduler"] == "celery.beat:Scheduler"
+    assert {"cicb.reconcile", "cicb.reconcile_queue"} <= set(tier.app.tasks)
