@@ -24,6 +24,17 @@ ALLOWED = {
         "pipeline.settings",
         "pipeline.parsing",
     ),
+    # Reconcile lists jobs through CI's API and hands them on as envelopes, as the receiver
+    # would: it never runs routes itself.
+    "pipeline.reconcile": (
+        "pipeline.errors",
+        "pipeline.logs",
+        "pipeline.settings",
+        "pipeline.parsing",
+        "pipeline.brokers.envelope",
+        "pipeline.actions.cos",
+        "pipeline.guard",
+    ),
     "pipeline.receiver": (
         "pipeline.errors",
         "pipeline.logs",

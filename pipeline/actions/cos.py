@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosServiceError
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ParseError
+from pipeline.parsing.load import load
 
 DEFAULT_TIMEOUT_S: Final = 30
 # The SDK retries 5xx and network errors itself, sleeping in the worker; creating a job is
 # not idempotent (a lost answer plus a blind retry makes two jobs), so retries are Celery's.
 DEFAULT_SDK_RETRIES: Final = 0
+
+# Answers that say "later", not "never": timeouts, throttling, a clock CI finds skewed.
+RETRYABLE_STATUSES: Final = frozenset({408, 429})
+THROTTLING_CODES: Final = frozenset(
+    {"SlowDown", "RequestTimeout", "RequestLimitExceeded", "RequestTimeTooSkewed"}
+)
 
 
 def cos_client(
@@ -49,3 +58,27 @@ def cos_client(
         **options,
     )
     return CosS3Client(config, retry=sdk_retries)
+
+
+def is_transient(status: int, code: str | None) -> bool:
+    """Whether CI's error answer is worth trying again (5xx, timeouts, throttling)."""
+    return status >= 500 or status in RETRYABLE_STATUSES or code in THROTTLING_CODES
+
+
+def error_fields(exc: CosServiceError) -> tuple[str | None, str]:
+    """Code and Message of CI's ``<Error>`` body. The SDK's own digest needs a ``Resource``
+    node that CI's errors do not have (it says ``Unknown``), so the raw body is read here,
+    through the parser's safe XML reader."""
+    digest = exc.get_digest_msg()
+    if isinstance(digest, Mapping) and digest.get("code") not in (None, "", "Unknown"):
+        return str(digest["code"]), str(digest.get("message") or "")
+    raw = exc.get_origin_msg()
+    body = raw.encode() if isinstance(raw, str) else raw
+    try:
+        error = load(body, "xml", xml_root="Error") if isinstance(body, bytes) and body else None
+    except ParseError:
+        error = None
+    if error is None:
+        return None, str(raw or "")[:1000]
+    code, message = error.get("Code"), error.get("Message")
+    return (code if isinstance(code, str) else None), (message if isinstance(message, str) else "")

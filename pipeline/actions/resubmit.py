@@ -18,9 +18,9 @@ from qcloud_cos import CosS3Client
 from qcloud_cos.cos_comm import format_bucket
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from pipeline.errors import ConfigError, ParseError, PermanentError, TransientError
+from pipeline.actions.cos import error_fields, is_transient
+from pipeline.errors import ConfigError, PermanentError, TransientError
 from pipeline.parsing.events import Event, JobEvent
-from pipeline.parsing.load import load
 
 DEFAULT_MAX_ATTEMPTS: Final = 2
 DEFAULT_ATTEMPT_TTL_S: Final = 7 * 24 * 3600
@@ -48,8 +48,6 @@ MESSAGE_IS_RESULT: Final = frozenset({"ExtractDigitalWatermark"})
 CALLBACK_KEYS: Final = ("CallBack", "CallBackFormat", "CallBackType", "CallBackMqConfig")
 
 # Statuses and codes that mean "busy now", not "refused".
-_RETRYABLE_STATUSES: Final = frozenset({408, 429})
-_THROTTLING_CODES: Final = frozenset({"SlowDown", "RequestTimeout", "RequestLimitExceeded"})
 _KEY_PREFIX: Final = "cicb:attempts:"
 _RESUBMITTED_PREFIX: Final = "cicb:resubmitted:"
 
@@ -313,28 +311,10 @@ def resubmit(
 
 def _service_error(exc: CosServiceError) -> ResubmitFailed | ResubmitRejected:
     status = int(exc.get_status_code())
-    code, message = _error_fields(exc)
-    if status >= 500 or status in _RETRYABLE_STATUSES or code in _THROTTLING_CODES:
+    code, message = error_fields(exc)
+    if is_transient(status, code):
         return ResubmitFailed(f"CI answered HTTP {status} {code}", status=status, code=code)
     return ResubmitRejected(status, code, message)
-
-
-def _error_fields(exc: CosServiceError) -> tuple[str | None, str]:
-    """Code and Message of CI's ``<Error>`` body. The SDK's own digest needs a
-    ``Resource`` node that CI's errors do not have, so the raw body is read here."""
-    digest = exc.get_digest_msg()
-    if isinstance(digest, Mapping) and digest.get("code"):
-        return str(digest["code"]), str(digest.get("message") or "")
-    raw = exc.get_origin_msg()
-    body = raw.encode() if isinstance(raw, str) else raw
-    try:
-        error = load(body, "xml", xml_root="Error") if isinstance(body, bytes) and body else None
-    except ParseError:
-        error = None
-    if error is None:
-        return None, str(raw or "")[:1000]
-    code, message = error.get("Code"), error.get("Message")
-    return (code if isinstance(code, str) else None), (message if isinstance(message, str) else "")
 
 
 def _job_id_of(answer: Any) -> str:

@@ -9,12 +9,10 @@ command selects entries with the same filters: ``--since`` (a duration, such as 
 from __future__ import annotations
 
 import functools
-import re
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -24,48 +22,14 @@ import redis
 from pipeline import logs
 from pipeline.archive import Archive, ArchiveEntry, Filters, NotArchived
 from pipeline.brokers.kind import kind_of
-from pipeline.cli.common import fail, guarded, print_json, settings_or_exit
+from pipeline.cli.common import fail, guarded, print_json, settings_or_exit, time_option
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
 
 DEFAULT_LIST_LIMIT = 50
 DEFAULT_REPLAY_RATE = 50.0
-DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 
 log = logs.get_logger("cicb.replay")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``15m``, ``1h``, ``2d``, ``1w`` (also ``1h30m``); raises ``ValueError``."""
-    text = text.strip().lower()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
-        raise ValueError(f"not a duration: {text!r} (write 90s, 15m, 1h, 2d)")
-    return timedelta(seconds=sum(float(n) * DURATION_UNITS_S[u] for n, u in parts))
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """A duration ago, or an ISO 8601 time (local time when it names no offset)."""
-    try:
-        return (now or datetime.now(UTC)) - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"not a duration nor an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.astimezone()
-
-
-def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """Click callback: an option's text as a time (see ``parse_time``)."""
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from exc
 
 
 Command = Callable[..., None]

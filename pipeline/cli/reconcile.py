@@ -3,55 +3,27 @@ schedules them (``pipeline.reconcile``)."""
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from pipeline import processes
 from pipeline.brokers.kind import kind_of
-from pipeline.cli.common import fail, guarded, print_json, settings_or_exit
+from pipeline.cli.common import fail, guarded, print_json, settings_or_exit, time_option
 from pipeline.reconcile import CiJobs, Reconciler, ReconcileStore, Report, plan
-
-DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``15m``, ``1h``, ``2d``, ``1w`` (also ``1h30m``); raises ``ValueError``."""
-    compact = text.strip().lower().replace(" ", "")
-    parts = _DURATION.findall(compact)
-    if not parts or "".join(n + u for n, u in parts) != compact:
-        raise ValueError(f"not a duration: {text!r} (write 90s, 15m, 1h, 2d)")
-    return timedelta(seconds=sum(float(n) * DURATION_UNITS_S[u] for n, u in parts))
-
-
-def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """A duration ago, or an ISO 8601 time (local time when it names no offset)."""
-    if value is None:
-        return None
-    try:
-        return datetime.now(UTC) - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise click.BadParameter(f"not a duration nor an ISO 8601 time: {value!r}") from None
-    return moment if moment.tzinfo else moment.astimezone()
 
 
 @click.command()
 @click.option(
     "--since",
-    callback=_time,
+    callback=time_option,
     metavar="DURATION",
     help="List jobs created since then (1h, 2d, or an ISO 8601 time), not from the checkpoints.",
 )
 @click.option(
     "--until",
-    callback=_time,
+    callback=time_option,
     metavar="TIME",
     help="...and created before then (never after now minus the grace); checkpoints stay.",
 )

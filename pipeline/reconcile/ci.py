@@ -24,9 +24,8 @@ from typing import Any, Final
 
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from pipeline.actions.cos import cos_client
-from pipeline.errors import ConfigError, ParseError, PermanentError, TransientError
-from pipeline.parsing.load import load
+from pipeline.actions.cos import cos_client, error_fields, is_transient
+from pipeline.errors import ConfigError, PermanentError, TransientError
 from pipeline.settings import Settings
 
 # States CI calls back for; the others (Submitted, Running, Pause) may still change.
@@ -34,11 +33,6 @@ FINAL_STATES: Final = frozenset({"Success", "Failed", "Cancel"})
 PAGE_SIZE: Final = 100  # the most CI gives in one page
 # CI's own time zone, as its examples and answers write times.
 CI_TZ: Final = timezone(timedelta(hours=8))
-
-_RETRYABLE_STATUSES: Final = frozenset({408, 429})
-_THROTTLING_CODES: Final = frozenset(
-    {"SlowDown", "RequestTimeout", "RequestLimitExceeded", "RequestTimeTooSkewed"}
-)
 
 
 class CiRefused(PermanentError):
@@ -182,23 +176,6 @@ def service_error(exc: CosServiceError) -> CiRefused | CiUnavailable:
     """The error a CI answer means: refused for good, or unavailable for now."""
     status = int(exc.get_status_code())
     code, message = error_fields(exc)
-    if status >= 500 or status in _RETRYABLE_STATUSES or code in _THROTTLING_CODES:
+    if is_transient(status, code):
         return CiUnavailable(f"CI answered HTTP {status} {code}", status=status, code=code)
     return CiRefused(status, code, message)
-
-
-def error_fields(exc: CosServiceError) -> tuple[str | None, str]:
-    """Code and Message of CI's ``<Error>`` body (or of the SDK's digest when it has one)."""
-    digest = exc.get_digest_msg()
-    if isinstance(digest, Mapping) and digest.get("code") not in (None, "", "Unknown"):
-        return str(digest["code"]), str(digest.get("message") or "")
-    raw = exc.get_origin_msg()
-    body = raw.encode() if isinstance(raw, str) else raw
-    try:
-        error = load(body, "xml", xml_root="Error") if isinstance(body, bytes) and body else None
-    except ParseError:
-        error = None
-    if error is None:
-        return None, str(raw or "")[:1000]
-    code, message = error.get("Code"), error.get("Message")
-    return (code if isinstance(code, str) else None), (message if isinstance(message, str) else "")

@@ -23,7 +23,7 @@ from pipeline.archive import (
     overall_outcome,
 )
 from pipeline.brokers.envelope import Envelope
-from pipeline.cli.archive import parse_duration, parse_time
+from pipeline.cli.common import parse_duration, parse_time
 from pipeline.routing import Route, RouteTable
 from tests.support import free_port
 
