@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench clean test-fast mutate
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,3 +29,14 @@ clean:
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) -m bench.run
+
+# The fast test tiers: unit tests and the in-process worker tier (no subprocess stacks).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/pipeline tests/workers -q
+
+# Mutation testing (mutmut, [tool.mutmut] in pyproject.toml) of the modules that keep the
+# delivery promises, against the fast tiers; results in mutants/, survivors listed at the end.
+# Not part of `make test`. Incremental: a second run only tests what changed.
+mutate: $(STAMP)
+	$(PY) mutate/run.py run --max-children 2
+	$(PY) mutate/run.py report
