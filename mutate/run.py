@@ -4,7 +4,7 @@ Runs ``mutmut`` (configured in pyproject.toml's ``[tool.mutmut]``) with two chan
 it also mutates decorated functions. Out of the box mutmut 3 leaves every decorated function alone
 (only ``@staticmethod``/``@classmethod`` are mutated), which here would skip the Celery tasks
 in ``workers/actions.py`` (``@app.task``), ``DeadLetterQueue._held`` (``@contextmanager``), the
-``retry_after_s`` and ``replay_kwargs`` properties of ``pipeline/notify.py`` and the
+``replay_kwargs`` property of ``pipeline/actions/notify.py`` and the
 ``@functools.cache`` helpers. mutmut skips them because it copies a function once per mutant
 and the copies would keep the decorator: every copy of ``@app.task(name="cicb.notify")``
 would register itself as ``cicb.notify``. So here the decorators stay on the trampoline only
@@ -31,9 +31,10 @@ import libcst.matchers as m
 # called it, so these would get only the one test whose fixture started the session's worker:
 # their mutants run the whole worker tier instead.
 AT_WORKER_START = (
+    "workers.sweeper.x_keep_messages",
     "workers.sweeper.x_forget_finished",
     "workers.sweeper.xǁSweeperǁ*",
-    "pipeline.inflight.x_track_publishes",
+    "pipeline.brokers.inflight.x_track_publishes",
 )
 WORKER_TIER = "tests/workers/"
 MUTMUT_VERSION = "3.8.1"  # the patch below reads mutmut's internals: keep in step with the pin
