@@ -45,8 +45,6 @@ STEP_REPORT_FIELDS: Final = frozenset({"State", "Code", "ErrCode", "ErrMsg", "Er
 MESSAGE_IS_PARAMETER: Final = frozenset({"DigitalWatermark"})
 # ExtractDigitalWatermark's Message is the watermark it found, with or without a State.
 MESSAGE_IS_RESULT: Final = frozenset({"ExtractDigitalWatermark"})
-CALLBACK_KEYS: Final = ("CallBack", "CallBackFormat", "CallBackType", "CallBackMqConfig")
-
 # Statuses and codes that mean "busy now", not "refused".
 _KEY_PREFIX: Final = "cicb:attempts:"
 _RESUBMITTED_PREFIX: Final = "cicb:resubmitted:"
@@ -184,14 +182,13 @@ def input_region(event: Event) -> str:
     return region
 
 
-def build_job_request(event: Event, *, callback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_job_request(event: Event) -> dict[str, Any]:
     """The ``Jobs`` dict of ``ci_create_media_jobs`` that runs the callback's job again.
 
     Tag, ``Input.Object`` (the input key), the Operation minus its results (``RESULT_NODES``
-    and the reports of the steps CI ran, see ``STEP_REPORT_FIELDS``), QueueId, and the
-    callback settings named in ``callback`` (raw CI names, ``CALLBACK_KEYS``); without
-    them the queue's apply. A workflow's job is resubmitted as a standalone job: the
-    workflow's later nodes do not run again. Raises NotResubmittable.
+    and the reports of the steps CI ran, see ``STEP_REPORT_FIELDS``) and QueueId; the
+    queue's callback settings apply to the new job. A workflow's job is resubmitted as a
+    standalone job: the workflow's later nodes do not run again. Raises NotResubmittable.
     """
     job = job_of(event)
     key = job.input.key if job.input else None
@@ -201,8 +198,6 @@ def build_job_request(event: Event, *, callback: Mapping[str, Any] | None = None
     request["Operation"] = _operation(job.operation)
     if job.queue_id:
         request["QueueId"] = job.queue_id
-    settings = callback or {}
-    request.update({k: copy.deepcopy(settings[k]) for k in CALLBACK_KEYS if settings.get(k)})
     return request
 
 
@@ -271,7 +266,6 @@ def resubmit(
     client: CosS3Client,
     attempts: AttemptStore,
     attempt: int,
-    callback: Mapping[str, Any] | None = None,
     ttl_s: int = DEFAULT_ATTEMPT_TTL_S,
 ) -> str:
     """Submit the event's job again as run number ``attempt``; return the new job's id.
@@ -282,7 +276,7 @@ def resubmit(
     NotResubmittable (dead letter), AttemptStoreUnavailable (retry).
     """
     job = job_of(event)
-    jobs = build_job_request(job, callback=callback)
+    jobs = build_job_request(job)
     old_job_id = job.job_id
     previous = attempts.resubmitted_as(old_job_id)
     if previous is not None:

@@ -12,7 +12,6 @@ import redis
 
 from pipeline.actions.cos import cos_client
 from pipeline.actions.resubmit import (
-    CALLBACK_KEYS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_NEVER_RETRY_CODES,
     AttemptStore,
@@ -82,12 +81,6 @@ FAILED_WORKFLOW_JOB = b"""<Response><EventName>TaskFinish</EventName><JobsDetail
 <WorkflowName>workflow-test</WorkflowName></Workflow>
 </JobsDetail></Response>"""
 
-CALLBACK = {
-    "CallBack": "https://cicb.example.com/callbacks?token=abc",
-    "CallBackFormat": "JSON",
-    "CallBackType": "Url",
-}
-
 CI_ERROR = b"""<?xml version='1.0' encoding='utf-8' ?><Error><Code>{code}</Code>
 <Message>{message}</Message><RequestId>NjJiZDYwYTFfNjUzYTYyNjRfZjEwZl8xMmZhYzY5</RequestId>
 <TraceId>OGVmYzZiMmQzYjA2OWNhODk0NTRkMTBiOWVmMDAxODc0OWRkZjk0ZDM1NmI1M2E2MTRlY2MzZDhmNmI5MWI1OTBjYzE2MjAxN2M1MzJiOTdkZjMxMDVlYTZjN2FiMmI0</TraceId></Error>"""
@@ -138,7 +131,6 @@ def test_resubmits_through_the_sdk_and_records_the_attempt(
         client=client_for(ci_server.endpoint),
         attempts=store,
         attempt=decision.next_attempt,
-        callback=CALLBACK,
     )
 
     assert new_id == NEW_JOB_ID
@@ -153,9 +145,8 @@ def test_resubmits_through_the_sdk_and_records_the_attempt(
     assert request.findtext("Tag") == "Transcode"
     assert request.findtext("Input/Object") == "input/demo.mp4"
     assert request.findtext("QueueId") == "p2242ab62c7c94486915508540933a2c6"
-    assert request.findtext("CallBack") == CALLBACK["CallBack"]
-    assert request.findtext("CallBackFormat") == "JSON"
-    assert request.findtext("CallBackType") == "Url"
+    # The queue's callback settings apply to the new job, as to the first.
+    assert [request.find(k) for k in ("CallBack", "CallBackFormat", "CallBackType")] == [None] * 3
     operation = request.find("Operation")
     assert operation is not None
     assert [child.tag for child in operation] == [
@@ -250,17 +241,6 @@ def test_attempts_used_up_give_up(store: AttemptStore) -> None:
     assert decision.next_attempt is None
     more = decide(failed, attempts=store, max_attempts=3, never_codes=DEFAULT_NEVER_RETRY_CODES)
     assert more.resubmit and more.next_attempt == 3
-
-
-def test_request_carries_the_callback_settings_it_is_given() -> None:
-    failed = event(FAILED_TRANSCODE)
-    assert not set(CALLBACK_KEYS) & set(build_job_request(failed))  # the queue's apply
-    mq = {"MqRegion": "bj", "MqMode": "Queue", "MqName": "q"}
-    callback = {**CALLBACK, "CallBackType": "TDMQ", "CallBackMqConfig": mq}
-    request = build_job_request(failed, callback=callback)
-    assert request["CallBackType"] == "TDMQ"
-    assert request["CallBackMqConfig"] == {"MqRegion": "bj", "MqMode": "Queue", "MqName": "q"}
-    assert build_job_request(failed, callback={"CallBackType": "Url"})["CallBackType"] == "Url"
 
 
 def test_a_callback_without_input_object_is_not_resubmittable() -> None:
