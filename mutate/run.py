@@ -31,6 +31,7 @@ import libcst.matchers as m
 # called it, so these would get only the one test whose fixture started the session's worker:
 # their mutants run the whole worker tier instead.
 AT_WORKER_START = (
+    "workers.resources.xǁResourcesǁbuild",
     "workers.sweeper.x_keep_messages",
     "workers.sweeper.x_forget_finished",
     "workers.sweeper.xǁSweeperǁ*",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -71,3 +72,20 @@ def test_an_unreachable_redis_is_a_transient_error() -> None:
         guard.claim("TaskFinish:j1:Success", owner="a")
     with pytest.raises(GuardUnavailable):
         guard.start("t", 0)
+
+
+def test_a_claim_its_worker_never_finished_expires(broker_url: str) -> None:
+    # A worker killed while starting a route leaves its claim; it must not block the
+    # callback's next delivery for longer than the claim's time to live.
+    guard = Guard(redis.Redis.from_url(broker_url), dedup_ttl_s=60, max_deliveries=3, claim_ttl_s=1)
+    assert guard.claim("TaskFinish:j9:Success", owner="dead-task")
+    ttl = redis.Redis.from_url(broker_url).ttl("cicb:dedup:TaskFinish:j9:Success")
+    assert 0 < ttl <= 1
+    time.sleep(1.2)
+    assert guard.claim("TaskFinish:j9:Success", owner="next-delivery")
+
+
+def test_giving_a_claim_back_never_raises_when_redis_is_away() -> None:
+    client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    guard = Guard(client, dedup_ttl_s=60, max_deliveries=3)
+    guard.release("TaskFinish:j1:Success", owner="a")  # the claim expires by itself

@@ -132,3 +132,28 @@ def test_a_record_without_its_message_is_dropped(inflight: Inflight, broker_url:
     inflight.sweep(republish, now=time.time() + LOST_AFTER_S + 1)
     assert republish == []
     assert inflight.count() == 0
+
+
+def test_the_sweep_lock_expires_if_its_sweeper_dies(inflight: Inflight, broker_url: str) -> None:
+    record(inflight, "a")
+    client = redis.Redis.from_url(broker_url)
+    ttls: list[int] = []
+
+    def republish(*_: Any) -> None:
+        ttls.append(int(client.ttl("cicb:inflight:sweeping")))
+
+    inflight.sweep(republish, now=time.time() + LOST_AFTER_S + 1)
+    assert len(ttls) == 1 and 0 < ttls[0] <= 60
+
+
+def test_a_record_without_its_message_does_not_stop_the_others(
+    inflight: Inflight, broker_url: str
+) -> None:
+    client = redis.Redis.from_url(broker_url)
+    record(inflight, "a")
+    record(inflight, "b")
+    client.zadd("cicb:inflight", {"a": 1.0, "b": 2.0})  # a is swept first
+    client.hdel("cicb:inflight:messages", "a")
+    republish = Republished()
+    inflight.sweep(republish)  # now: the real time
+    assert republish == [("b", "actions", "actions")]

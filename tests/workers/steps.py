@@ -3,7 +3,8 @@ as a user writes one: everything from ``pipeline``.
 
 Callbacks tagged ``Steps`` run a two-step chain whose steps record each run in Redis, so a
 test can count how many times each step ran; ``Failing`` runs a step that always fails for
-now, to use up its retries; ``Broken`` names a task no worker has.
+now, to use up its retries (``FailFirst``: before a second step); ``Broken`` names a task
+no worker has.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ routes = [
     Route("steps", ["tests.first", "tests.second"], tag="Steps"),
     Route("failing", ["tests.failing"], tag="Failing"),
     Route("broken", ["tests.nobody"], tag="Broken"),
+    Route("fail-first", ["tests.failing", "tests.second"], tag="FailFirst"),
 ]
 
 

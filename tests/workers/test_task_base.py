@@ -78,3 +78,12 @@ def test_a_transient_error_is_retried_then_dead_lettered_with_its_work(tier: Tie
     assert letter.args[0]["job_id"] == "jflaky"
     tier.idle()  # dead-lettered work is no longer kept in flight
     assert int(tier.redis.hget("cicb:counters", "dead_lettered") or 0) == 1
+
+
+def test_a_failed_step_is_dead_lettered_with_its_id_and_the_steps_after_it(tier: Tier) -> None:
+    tier.ingest(tier.callback("jchain", tag="FailFirst"))
+    [letter] = tier.wait_for_dead_letters(1)
+    assert letter.task == "tests.failing" and letter.task_id
+    assert [step["task"] for step in letter.chain or []] == ["tests.second"]
+    assert tier.runs() == ["failing:jchain"] * (MAX_RETRIES + 1)  # second never ran
+    tier.idle()
