@@ -26,16 +26,18 @@ from pathlib import Path
 import libcst as cst
 import libcst.matchers as m
 
-# Functions that run once when the worker starts, connecting signal handlers or starting a
-# consumer step whose work shows in every later test. mutmut maps a function to the tests that
-# called it, so these would get only the one test whose fixture started the session's worker:
-# their mutants run the whole worker tier instead.
+# Functions that run once when the worker starts, connecting signal handlers, starting a
+# consumer step or building what every task uses, whose work shows in every later test.
+# mutmut maps a function to the tests that called it, so these would get only the one test
+# whose fixture started the session's worker: their mutants run the whole worker tier instead.
 AT_WORKER_START = (
     "workers.resources.xǁResourcesǁbuild",
     "workers.sweeper.x_keep_messages",
     "workers.sweeper.x_forget_finished",
     "workers.sweeper.xǁSweeperǁ*",
     "pipeline.brokers.inflight.x_track_publishes",
+    # Built once per process (functools.cache), with Resources.build above.
+    "workers.resources.x_resources",
 )
 WORKER_TIER = "tests/workers/"
 MUTMUT_VERSION = "3.8.1"  # the patch below reads mutmut's internals: keep in step with the pin
