@@ -36,7 +36,7 @@ import redis
 from pipeline import logs
 from pipeline.brokers.envelope import Envelope
 from pipeline.errors import PermanentError
-from pipeline.parsing.reader import parse
+from pipeline.ingest import events_of_envelope, outcome_of
 from pipeline.routing import RouteTable
 from pipeline.settings import Settings
 
@@ -72,27 +72,13 @@ def dead_lettered_outcomes(envelope: Envelope, table: RouteTable | None) -> list
     They make a dead-lettered callback findable by event, tag, state and job id.
     """
     try:
-        events = parse(envelope.body, content_type=envelope.content_type)
+        events = events_of_envelope(envelope)
     except Exception:  # garbage, or whatever made it fail: it has no events to show
         return []
-    outcomes = []
-    for parsed in events:
-        event = dataclasses.replace(parsed, source=envelope.source, scope=envelope.scope)
-        route = table.resolve(event) if table is not None else None
-        data = event.to_dict()
-        outcomes.append(
-            {
-                "event": data["event"],
-                "job_id": data.get("job_id"),
-                "run_id": data.get("run_id"),
-                "tag": data.get("tag"),
-                "state": data.get("state"),
-                "source": event.source,
-                "route": route.name if route else None,
-                "outcome": DEAD_LETTERED,
-            }
-        )
-    return outcomes
+    return [
+        outcome_of(e, table.resolve(e) if table is not None else None, DEAD_LETTERED)
+        for e in events
+    ]
 
 
 def _aware(moment: datetime) -> datetime:

@@ -45,11 +45,7 @@ def ingest(
     envelope = Envelope.from_json(envelope_data)
     logs.bind(request_id=envelope.request_id)
     outcomes = []
-    for parsed in parse(envelope.body, content_type=envelope.content_type):
-        event = parsed
-        if envelope.source != "callback" or envelope.scope:
-            # Reconciled or replayed: its events say so, and a forced replay's get a scope.
-            event = dataclasses.replace(parsed, source=envelope.source, scope=envelope.scope)
+    for event in events_of_envelope(envelope):
         if seen is not None:
             seen(event)
         data = event.to_dict()
@@ -72,17 +68,33 @@ def ingest(
                 outcome = UNROUTED
             else:
                 outcome = RECONCILED if event.source == "reconcile" else DISPATCHED
-        result = {"route": route.name if route else None, "outcome": outcome}
-        log.info("callback", dedup_key=key, source=event.source, **result)
-        outcomes.append(
-            {
-                "event": data["event"],
-                "job_id": data.get("job_id"),
-                "run_id": data.get("run_id"),
-                "tag": data.get("tag"),
-                "state": data.get("state"),
-                "source": event.source,
-                **result,
-            }
+        result = outcome_of(event, route, outcome)
+        log.info(
+            "callback", dedup_key=key, route=result["route"], outcome=outcome, source=event.source
         )
+        outcomes.append(result)
     return outcomes
+
+
+def events_of_envelope(envelope: Envelope) -> list[Event]:
+    """The events of the envelope's body, marked with its source (and a forced replay's
+    scope). Raises ``ParseError``."""
+    events = parse(envelope.body, content_type=envelope.content_type)
+    if envelope.source == "callback" and not envelope.scope:
+        return events
+    # Reconciled or replayed: its events say so, and a forced replay's get a scope.
+    return [dataclasses.replace(e, source=envelope.source, scope=envelope.scope) for e in events]
+
+
+def outcome_of(event: Event, route: Route | None, outcome: str) -> dict[str, Any]:
+    """What became of one event, as ingest returns it and the archive keeps it."""
+    return {
+        "event": event.event,
+        "job_id": event.job_id,
+        "run_id": getattr(event, "run_id", None),
+        "tag": event.tag,
+        "state": event.state or None,
+        "source": event.source,
+        "route": route.name if route else None,
+        "outcome": outcome,
+    }
