@@ -1,0 +1,119 @@
+"""How much work waits on the broker: each queue's depth and the age of the oldest callback.
+
+Read when asked (a Prometheus scrape, the console's overview), in one round trip on Redis,
+without walking a queue: a list's length, and its oldest message (kombu pushes on the left
+and pops on the right, so the oldest is at the right end). Other brokers report each queue's
+ready messages (a declare of the queue); they cannot show a message without delivering it,
+so the oldest callback's age is unknown there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import redis
+
+from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.kind import BrokerKind
+from pipeline.brokers.queues import (
+    ACTIONS_QUEUE,
+    DEAD_LETTER_QUEUE,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    INGEST_QUEUE,
+    connection,
+    queue,
+)
+from pipeline.errors import BrokerUnavailable, PermanentError
+from pipeline.settings import Settings
+
+WATCHED_QUEUES = (INGEST_QUEUE, ACTIONS_QUEUE, DEAD_LETTER_QUEUE)
+
+
+@dataclass(frozen=True, slots=True)
+class Depths:
+    # Messages waiting on each of WATCHED_QUEUES.
+    messages: dict[str, int]
+    # When the oldest callback waiting on ``ingest`` was received: None when the queue is
+    # empty, or the broker cannot show it (``age_known`` False).
+    oldest_ingest_received_at: datetime | None
+    age_known: bool
+
+    def oldest_ingest_age_s(self, now: datetime) -> float | None:
+        """How long the oldest waiting callback has waited (0 when none waits), or None when
+        the broker cannot tell."""
+        if not self.age_known:
+            return None
+        if self.oldest_ingest_received_at is None:
+            return 0.0
+        return max(0.0, (now - self.oldest_ingest_received_at).total_seconds())
+
+
+def received_at_of(message: bytes) -> datetime | None:
+    """The received time of the callback in a kombu Redis message, or None when the message
+    is not a cicb ingest task."""
+    try:
+        data = orjson.loads(message)
+        body = data["body"]
+        if data.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = orjson.loads(body)[0]
+        return Envelope.from_json(args[0]).received_at
+    except (orjson.JSONDecodeError, binascii.Error, LookupError, TypeError, PermanentError):
+        return None
+
+
+class QueueDepths:
+    """Reads ``Depths`` from the broker; ``BrokerUnavailable`` when it does not answer."""
+
+    def __init__(self, settings: Settings, kind: BrokerKind) -> None:
+        self._settings = settings
+        self._redis = (
+            redis.Redis.from_url(
+                kind.broker_url,
+                socket_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+                socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+            )
+            if kind.is_redis
+            else None
+        )
+
+    def read(self) -> Depths:
+        if self._redis is not None:
+            try:
+                return self._read_redis(self._redis)
+            except (redis.RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"broker did not answer: {exc}") from exc
+        try:
+            return self._read_declared()
+        except Exception as exc:  # kombu raises each transport's own errors
+            raise BrokerUnavailable(f"broker did not answer: {exc}") from exc
+
+    def _read_redis(self, client: redis.Redis) -> Depths:
+        pipe = client.pipeline(transaction=False)
+        for name in WATCHED_QUEUES:
+            pipe.llen(name)
+        pipe.lindex(INGEST_QUEUE, -1)
+        *lengths, oldest = pipe.execute()
+        return Depths(
+            messages=dict(zip(WATCHED_QUEUES, (int(n) for n in lengths), strict=True)),
+            oldest_ingest_received_at=received_at_of(oldest) if oldest else None,
+            age_known=True,
+        )
+
+    def _read_declared(self) -> Depths:
+        messages = {}
+        with connection(self._settings) as conn:
+            conn.ensure_connection(max_retries=1, timeout=DEFAULT_CONNECT_TIMEOUT_S)
+            for name in WATCHED_QUEUES:
+                # Declaring a queue that exists changes nothing and answers its counts.
+                declared = queue(name)(conn.default_channel).queue_declare()
+                messages[name] = int(declared.message_count)
+        return Depths(messages=messages, oldest_ingest_received_at=None, age_known=False)
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
