@@ -40,7 +40,7 @@ ALLOWED = {
         "pipeline.logs",
         "pipeline.settings",
         "pipeline.brokers",
-        "pipeline.counters",
+        "pipeline.metrics",
     ),
 }
 
