@@ -31,6 +31,11 @@ def up() -> None:
         manager.add_process(name, command, env=env)
     click.echo(f"callback URL: {settings.callback_url}?token={token}")
     click.echo(f"Flower:       http://{settings.flower_host}:{settings.flower_port}/")
+    receiver_metrics = f"http://{settings.receiver_host}:{settings.receiver_port}/metrics"
+    click.echo(f"metrics:      {receiver_metrics} (receiver, queues)")
+    if settings.worker_metrics_port:
+        worker_metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+        click.echo(f"              {worker_metrics}/metrics (workers)")
     manager.loop()
     # Stopped by Ctrl-C or SIGTERM with every process down: that is a clean stop.
     sys.exit(0 if manager.returncode in STOP_SIGNAL_CODES else manager.returncode)
