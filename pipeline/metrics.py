@@ -168,7 +168,7 @@ class WorkerMetrics:
         for kind in target_kinds:
             for result in ("delivered", "failed", "refused"):
                 self.notifications.labels(kind, result)
-        for outcome in ("unrouted", "duplicate", "dead_lettered"):
+        for outcome in ("unrouted", "dead_lettered"):
             self.callbacks.labels("", outcome)
         for result in ("copied", "skipped"):
             self.copied_objects.labels(result)
