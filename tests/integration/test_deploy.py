@@ -296,3 +296,44 @@ def test_docker_compose_runs_prometheus_and_grafana_on_the_deploy_files() -> Non
     worker_env = services["worker"]["environment"]
     assert worker_env["CICB_WORKER_METRICS_PORT"] == str(dns["port"])
     assert worker_env["CICB_WORKER_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_render_dashboard_draws_the_panels_from_a_real_prometheus(tmp_path: Path) -> None:
+    require(
+        shutil.which("prometheus"),
+        "prometheus not installed (apt-get install prometheus, as .ci/run does)",
+    )
+    # A Prometheus that scrapes itself as a worker: `up` has data, cicb's metrics have none.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - {{job_name: cicb-worker, static_configs: [{{targets: ['127.0.0.1:{port}']}}]}}\n"
+    )
+    args = [f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}"]
+    args.append(f"--web.listen-address=127.0.0.1:{port}")
+    prometheus = Process(["prometheus", *args], {"PATH": "/usr/bin:/bin"}, tmp_path / "log")
+    prometheus.start()
+    output = tmp_path / "dashboard.png"
+    render = [sys.executable, str(DEPLOY / "render_dashboard.py"), "--prometheus", url]
+    render += ["--minutes", "1", "--scrape-interval", "1", "--output", str(output)]
+    try:
+        up = {"query": "up[10s]"}
+        wait_until(
+            lambda: len(httpx.get(f"{url}/api/v1/query", params=up).json()["data"]["result"]),
+            timeout_s=30,
+            what="Prometheus scraping",
+        )
+        done = subprocess.run(render, capture_output=True, text=True, timeout=120)
+    finally:
+        prometheus.stop()
+    assert done.returncode == 0, done.stderr
+    png = output.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    # The dashboard's grid: 20 in wide at 100 dpi; 0.35 in a row, and 0.5 in for the title.
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    rows = max(panel["gridPos"]["y"] + panel["gridPos"]["h"] for panel in panels)
+    size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
+    assert size == (2000, round((rows * 0.35 + 0.5) * 100))
