@@ -299,10 +299,8 @@ def test_docker_compose_runs_prometheus_and_grafana_on_the_deploy_files() -> Non
 
 
 def test_render_dashboard_draws_the_panels_from_a_real_prometheus(tmp_path: Path) -> None:
-    require(
-        shutil.which("prometheus"),
-        "prometheus not installed (apt-get install prometheus, as .ci/run does)",
-    )
+    binary = shutil.which("prometheus")
+    require(binary, "prometheus not installed (apt-get install prometheus, as .ci/run does)")
     # A Prometheus that scrapes itself as a worker: `up` has data, cicb's metrics have none.
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -314,7 +312,7 @@ def test_render_dashboard_draws_the_panels_from_a_real_prometheus(tmp_path: Path
     )
     args = [f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}"]
     args.append(f"--web.listen-address=127.0.0.1:{port}")
-    prometheus = Process(["prometheus", *args], {"PATH": "/usr/bin:/bin"}, tmp_path / "log")
+    prometheus = Process([str(binary), *args], {"PATH": "/usr/bin:/bin"}, tmp_path / "log")
     prometheus.start()
     output = tmp_path / "dashboard.png"
     render = [sys.executable, str(DEPLOY / "render_dashboard.py"), "--prometheus", url]
