@@ -65,11 +65,13 @@ def draw_timeseries(
     for name, times, values in lines:
         ax.plot(times, values, linewidth=1, label=name)
     ax.set_xlim(*(datetime.fromtimestamp(t) for t in span))
-    locator = mdates.AutoDateLocator(maxticks=6)
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, show_offset=False))
-    if unit:
+    if unit in ("s", "B/s"):  # 5 ms, 2 MB/s
         ax.yaxis.set_major_formatter(EngFormatter(unit=unit))
+    elif unit:
+        ax.set_ylabel(unit, fontsize=7)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.2)
     if lines:
