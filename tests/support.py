@@ -358,3 +358,21 @@ def started(process: Process, ready: Callable[[], Any], *, what: str) -> None:
     except AssertionError as exc:
         process.stop()
         raise AssertionError(f"{exc}; its log:\n{process.log()[-3000:]}") from None
+
+
+def deploy_metric_names() -> set[str]:
+    """Every metric name the alerts (deploy/alerts.yml) and the dashboard
+    (deploy/grafana/dashboards/cicb.json) query, as the expressions write it
+    (``cicb_tasks_total``, ``cicb_task_duration_seconds_bucket``, ``up``): cicb's own names
+    and ``up``, each followed by a selector, a range, a parenthesis, a comma, a space or the
+    end of the expression."""
+    import re
+
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "cicb.json").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    expressions += [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    name = re.compile(r"\b(cicb_\w+|up)(?=[{\[),\s]|$)")
+    return {found for expr in expressions for found in name.findall(expr)}
