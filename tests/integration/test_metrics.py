@@ -19,6 +19,7 @@ from tests.support import (
     Stack,
     Target,
     cicb_env,
+    deploy_metric_names,
     metric,
     scrape,
     start_receiver,
@@ -132,6 +133,10 @@ def test_every_metric_reads_the_counts_that_were_sent(
     assert metric(front, "cicb_queue_messages", queue="actions") == 0
     assert ("cicb_ingest_oldest_age_seconds", frozenset()) in front
     assert metric(front, "cicb_ingest_oldest_age_seconds") == 0
+
+    # Every metric the alert rules and the dashboard query is in these two scrapes
+    # (``up`` is Prometheus's own).
+    assert deploy_metric_names() - {"up"} <= names(work) | names(front)
 
 
 def test_callbacks_no_worker_takes_show_as_depth_and_age(broker_url: str, tmp_path: Path) -> None:
