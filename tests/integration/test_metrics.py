@@ -14,15 +14,20 @@ import pytest
 import redis
 
 from tests.support import (
+    CICB,
     SAMPLES,
+    TOKEN,
+    Process,
     Samples,
     Stack,
     Target,
     cicb_env,
     deploy_metric_names,
+    free_port,
     metric,
     scrape,
     start_receiver,
+    started,
     user_routes,
     wait_until,
 )
@@ -172,3 +177,28 @@ def test_a_retry_waiting_out_its_backoff_is_scheduled(
     work = stack.worker_metrics()
     assert metric(work, "cicb_tasks_total", task="cicb.notify", outcome="retried") == 1
     assert metric(work, "cicb_notifications_total", result="failed") == 1
+
+
+def test_a_receiver_of_several_processes_counts_them_all_in_every_scrape(
+    broker_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = cicb_env(broker_url, CICB_RECEIVER_PORT=str(port))
+    receiver = Process([CICB, "receiver", "--workers", "2"], env, tmp_path / "receiver.log")
+    url = f"http://127.0.0.1:{port}"
+    receiver.start()
+    try:
+        started(receiver, lambda: httpx.get(f"{url}/healthz").is_success, what="receiver up")
+        for _ in range(20):
+            # A connection each, so the two processes share them.
+            response = httpx.post(
+                f"{url}/callbacks", content=callback(), headers={"X-Callback-Token": TOKEN}
+            )
+            assert response.status_code == 200
+        # Whichever process answers the scrape, it shows both processes' counts.
+        for _ in range(6):
+            front = scrape(f"{url}/metrics")
+            assert metric(front, "cicb_receiver_responses_total", status="200") == 20
+            assert metric(front, "cicb_receiver_enqueue_seconds_count") == 20
+    finally:
+        receiver.stop()
