@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import redis
 from celery import bootsteps
 from celery.worker.request import Request
 from prometheus_client import start_http_server
@@ -66,7 +67,7 @@ class _Archived(Collector):
             return
         try:
             count = archive.count()
-        except Exception as exc:  # Redis away: the other metrics still matter
+        except redis.RedisError as exc:  # Redis away: the other metrics still matter
             log.warning("metrics.archive_unread", error=str(exc))
             return
         yield GaugeMetricFamily("cicb_archive_entries", "Bodies kept in the archive.", value=count)
@@ -75,6 +76,9 @@ class _Archived(Collector):
 class MetricsEndpoint(bootsteps.StartStopStep):  # type: ignore[misc]
     """A worker step: multiprocess mode as the worker is set up (before its pool forks), and
     ``/metrics`` served by its main process while it runs."""
+
+    # After the step that stops a worker with a bad setting, with one line.
+    requires = ("workers.app:Start",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
