@@ -167,6 +167,9 @@ class Settings:
     # Worker. No concurrency (or 0) leaves Celery's default, the CPU count.
     prefetch_multiplier: int = setting("PREFETCH_MULTIPLIER", default=8, parse=integer)
     worker_concurrency: int | None = setting("WORKER_CONCURRENCY", default=None, parse=count)
+    # Where each worker host serves its /metrics (port 0: nowhere).
+    worker_metrics_host: str = setting("WORKER_METRICS_HOST", default=DEFAULT_HOST, parse=text)
+    worker_metrics_port: int = setting("WORKER_METRICS_PORT", default=8082, parse=integer)
     # Flower.
     flower_host: str = setting("FLOWER_HOST", default=DEFAULT_HOST, parse=text)
     flower_port: int = setting("FLOWER_PORT", default=5555, parse=integer)

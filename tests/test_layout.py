@@ -55,7 +55,7 @@ ALLOWED = {
         "pipeline.logs",
         "pipeline.settings",
         "pipeline.brokers",
-        "pipeline.counters",
+        "pipeline.metrics",
     ),
 }
 

@@ -16,15 +16,17 @@ from typing import Any
 import httpx
 
 from pipeline import logs
-from pipeline.actions.copying import copy_outputs
+from pipeline.actions.copying import COPIED, copy_outputs
 from pipeline.actions.cos import cos_client
 from pipeline.actions.notify import notify as notify_targets
 from pipeline.actions.resubmit import AttemptStore, decide, input_region, resubmit
 from pipeline.actions.s3 import S3Client, s3_client
+from pipeline.actions.targets import Target
 from pipeline.errors import ConfigError
 from pipeline.parsing.decoding import event_from_dict
 from workers.app import app
 from workers.base import PipelineTask, backoff_s
+from workers.metrics import worker_metrics
 from workers.resources import resources
 
 log = logs.get_logger("cicb.actions")
@@ -77,8 +79,13 @@ def notify(event: dict[str, Any], pending: list[str] | None = None) -> int:
     if not targets:
         log.warning("notify.no_targets")
         return 0
+    notified = worker_metrics().notifications
+
+    def count(target: Target, result: str) -> None:
+        notified.labels(target.kind, result).inc()
+
     # Targets failing for now raise TargetsPending: the task base retries only them.
-    notify_targets(http_client(), targets, decoded, webhook_key=res.webhook_key)
+    notify_targets(http_client(), targets, decoded, webhook_key=res.webhook_key, on_result=count)
     log.info("notified", targets=[t.describe() for t in targets])
     return len(targets)
 
@@ -91,7 +98,14 @@ def copy_output(event: dict[str, Any]) -> list[dict[str, Any]]:
     target = resources().copy_target
     if target is None:
         raise ConfigError("copy_output is not configured: set CICB_COPY_DEST")
-    results = [r.to_dict() for r in copy_outputs(decoded, target=target, client_for=s3_for)]
+    copies = copy_outputs(decoded, target=target, client_for=s3_for)
+    metrics = worker_metrics()
+    for copy in copies:
+        copied = copy.status == COPIED
+        metrics.copied_objects.labels("copied" if copied else "skipped").inc()
+        if copied:
+            metrics.copied_bytes.inc(copy.size_bytes)
+    results = [c.to_dict() for c in copies]
     log.info("outputs_copied", copies=results)
     return results
 
@@ -109,6 +123,7 @@ def retry_job(event: dict[str, Any]) -> str:
         never_codes=res.never_retry_codes,
     )
     if decision.gave_up:
+        worker_metrics().resubmissions.labels("gave_up").inc()
         raise decision.error()
     if not decision.resubmit:
         return decision.reason
@@ -125,5 +140,6 @@ def resubmit_job(event: dict[str, Any], attempt: int) -> str:
     decoded = event_from_dict(event)
     client = ci_client(input_region(decoded))
     new_job_id = resubmit(decoded, client=client, attempts=attempt_store(), attempt=attempt)
+    worker_metrics().resubmissions.labels("resubmitted").inc()
     log.info("job_resubmitted", attempt=attempt, new_job_id=new_job_id)
     return new_job_id

@@ -28,6 +28,7 @@ from pipeline.brokers.queues import (
 )
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings, get_settings
+from workers.metrics import MetricsEndpoint
 from workers.resources import resources
 from workers.sweeper import Sweeper, keep_messages
 
@@ -120,6 +121,8 @@ class Start(bootsteps.Step):  # type: ignore[misc]
 app = Celery("cicb")
 app.add_defaults(configuration)
 app.steps["worker"].add(Start)
+# Multiprocess metrics before the pool forks, and each host's /metrics.
+app.steps["worker"].add(MetricsEndpoint)
 # Publishes again, with the same task id, what the Redis transport lost.
 app.steps["consumer"].add(Sweeper)
 

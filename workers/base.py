@@ -9,23 +9,37 @@ task's arguments, the error and the attempt count. A user's task gets the same p
 
 Around each run, the guard (``pipeline.guard``) skips a message whose task already finished
 and dead-letters one delivered more than ``CICB_MAX_DELIVERIES`` times.
+
+Each run is counted (``cicb_tasks_total``: done, retried, skipped, dead_lettered) and timed.
+A step of a route carries the route's name, when its callback was received and whether it
+is the route's last step in its message headers (``ROUTE_HEADER`` ...); the last step's end
+is the callback's end-to-end latency.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from celery import Task
+from celery.exceptions import Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline import logs
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.errors import PermanentError, TransientError
 from pipeline.settings import Settings
+from workers.metrics import worker_metrics
 from workers.resources import resources
 
 log = logs.get_logger("cicb.task")
+
+# Message headers of a route's steps (``workers.tasks.dispatch``).
+ROUTE_HEADER = "cicb_route"
+RECEIVED_AT_HEADER = "cicb_received_at"
+LAST_STEP_HEADER = "cicb_last_step"
 
 
 class RedeliveryLimit(PermanentError):
@@ -57,11 +71,26 @@ def backoff_s(retries: int, settings: Settings, *, at_least_s: float | None = No
 class PipelineTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         logs.clear()
+        logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)
+        started = time.perf_counter()
+        try:
+            outcome, result = self._guarded(args, kwargs)
+        except Retry as retry:
+            self._count("retried", type(retry.exc).__name__ if retry.exc else "")
+            raise
+        finally:
+            worker_metrics().task_seconds.labels(self.name).observe(time.perf_counter() - started)
+        self._count(outcome)
+        if outcome == "done" and self.request.get(LAST_STEP_HEADER):
+            self._observe_latency()
+        return result
+
+    def _guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
+        """Run the task unless the guard says otherwise: ("done" or "skipped", result)."""
         task_id = self.request.id
-        logs.bind(task=self.name, task_id=task_id, attempt=self.request.retries + 1)
         res = resources()
         if res.guard is None or task_id is None:  # no Redis, or called directly
-            return self._run(args, kwargs)
+            return "done", self._run(args, kwargs)
         try:
             completed, deliveries = res.guard.start(task_id, self.request.retries)
         except TransientError as exc:
@@ -70,12 +99,24 @@ class PipelineTask(Task):  # type: ignore[misc]
             # Its worker died after the work and before the ack: do not do it twice.
             log.warning("task.already_completed")
             res.finished(task_id)
-            return None
+            return "skipped", None
         if deliveries > res.guard.max_deliveries:
             raise RedeliveryLimit(deliveries, res.guard.max_deliveries)
         result = self._run(args, kwargs)
         res.finished(task_id)
-        return result
+        return "done", result
+
+    def _count(self, outcome: str, error: str = "") -> None:
+        route = self.request.get(ROUTE_HEADER) or ""
+        worker_metrics().tasks.labels(self.name, route, outcome, error).inc()
+
+    def _observe_latency(self) -> None:
+        try:
+            received_at = datetime.fromisoformat(self.request.get(RECEIVED_AT_HEADER))
+        except (TypeError, ValueError):
+            return
+        latency_s = (datetime.now(UTC) - received_at).total_seconds()
+        worker_metrics().latency.labels(self.request.get(ROUTE_HEADER) or "").observe(latency_s)
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -111,7 +152,7 @@ class PipelineTask(Task):  # type: ignore[misc]
         if (envelope := letter.envelope()) is not None:
             letter = dataclasses.replace(letter, received_at=envelope.received_at.isoformat())
         DeadLetterQueue(self.app.connection_for_write).put(letter)
-        resources().counters.add("dead_lettered")
+        self._count("dead_lettered", letter.error)
         log.error(
             "dead_lettered",
             dead_letter_id=letter.id,

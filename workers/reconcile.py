@@ -24,6 +24,7 @@ from pipeline.reconcile import (
 )
 from workers.app import app
 from workers.base import PipelineTask
+from workers.metrics import worker_metrics
 from workers.resources import resources
 
 log = logs.get_logger("cicb.reconcile")
@@ -90,4 +91,11 @@ def reconcile_queue(target: dict[str, Any]) -> dict[str, Any]:
         now=datetime.now(UTC),
         grace_s=settings.reconcile_grace_s,
     )
-    return reconciler.reconcile(target_from_json(target)).summary()
+    report = reconciler.reconcile(target_from_json(target))
+    metrics = worker_metrics()
+    for found in report.found:
+        if found.sent:
+            metrics.reconciled.labels(found.event.kind).inc()
+    if report.error is not None:
+        metrics.reconcile_errors.inc()
+    return report.summary()

@@ -3,7 +3,7 @@
 ``resources()`` builds them on first use and keeps them for the process: the settings, the
 Redis that holds what workers share (``CICB_REDIS_URL``, else a Redis broker), and in it the
 guard (deduplication, completion records, delivery counts), the in-flight records (on a
-Redis broker only), the outcome counters and the archive; and the notify targets, the
+Redis broker only) and the archive; and the notify targets, the
 webhook secret and the copy destination, parsed and checked. The worker builds them as it
 starts (``workers.app``), so a bad setting stops it with one line instead of dead-lettering
 every task that needs it.
@@ -24,7 +24,6 @@ from pipeline.actions.targets import Target
 from pipeline.archive import Archive
 from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.kind import BrokerKind, kind_of
-from pipeline.counters import Counters
 from pipeline.guard import Guard
 from pipeline.settings import Settings, get_settings
 
@@ -40,7 +39,6 @@ class Resources:
     settings: Settings
     kind: BrokerKind
     client: redis.Redis | None
-    counters: Counters
     guard: Guard | None
     inflight: Inflight | None
     notify_targets: tuple[Target, ...]
@@ -59,7 +57,6 @@ class Resources:
             settings=settings,
             kind=kind,
             client=client,
-            counters=Counters(client),
             guard=(
                 Guard(
                     client,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from datetime import datetime
 from typing import Any
 
 from celery import chain
@@ -14,9 +15,11 @@ from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.queues import INGEST_TASK
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.ingest import ingest as ingest_envelope
+from pipeline.parsing.events import SOURCE_CALLBACK, Event
 from pipeline.routing import Route, RouteTable, table_for
 from workers.app import app
-from workers.base import PipelineTask
+from workers.base import LAST_STEP_HEADER, RECEIVED_AT_HEADER, ROUTE_HEADER, PipelineTask
+from workers.metrics import worker_metrics
 from workers.reconcile import learn
 from workers.resources import resources
 
@@ -33,12 +36,14 @@ def route_table() -> RouteTable:
     return table_for(resources().settings)
 
 
-def dispatch(route: Route, event: dict[str, Any], key: str) -> None:
+def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: datetime) -> None:
     """Start the route's chain on ``actions``; every task gets the event, not the last result.
 
     Each step's task id is derived from the callback's deduplication key, so if this
     dispatch happens twice (its worker died before recording it), the second copy of a step
-    that already ran finds its completion record and does nothing.
+    that already ran finds its completion record and does nothing. Each step's headers name
+    the route and when the callback was received; the last's say it is the last
+    (``workers.base``).
     """
     unknown = [name for name in route.chain if name not in app.tasks]
     if unknown:
@@ -52,6 +57,11 @@ def dispatch(route: Route, event: dict[str, Any], key: str) -> None:
             immutable=True,
             task_id=str(uuid.uuid5(TASK_ID_NAMESPACE, f"{key}|{route.name}|{i}|{name}")),
             argsrepr=shown,
+            headers={
+                ROUTE_HEADER: route.name,
+                RECEIVED_AT_HEADER: received_at.isoformat(),
+                LAST_STEP_HEADER: i == len(route.chain) - 1,
+            },
         )
         for i, name in enumerate(route.chain)
     ]
@@ -66,6 +76,7 @@ class IngestTask(PipelineTask):
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         archive_dead_letter(exc, task_id, args)
+        worker_metrics().callbacks.labels("", DEAD_LETTERED).inc()
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
@@ -97,16 +108,26 @@ def archive_dead_letter(exc: BaseException, task_id: str, args: Any) -> None:
 def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]:
     """Parse one callback and start its route (``envelope``: ``Envelope.to_json()``)."""
     res = resources()
+    received_at = (received := Envelope.from_json(envelope)).received_at
+
+    def seen(event: Event) -> None:
+        learn(event)  # the queues, Tags and workflows the reconciler lists
+        ended_at = getattr(event, "ended_at", None)
+        if event.source == SOURCE_CALLBACK and ended_at is not None:
+            delay_s = (received_at - ended_at).total_seconds()
+            worker_metrics().delivery_delay.labels(event.tag or "").observe(max(0.0, delay_s))
+
     outcomes = ingest_envelope(
         envelope,
         table=route_table(),
-        dispatch=dispatch,
+        dispatch=functools.partial(dispatch, received_at=received_at),
         guard=res.guard,
         owner=self.request.id,
-        seen=learn,  # the queues, Tags and workflows the reconciler lists
+        seen=seen,
     )
+    callbacks = worker_metrics().callbacks
     for outcome in outcomes:
-        res.counters.add(outcome["outcome"])
+        callbacks.labels(outcome["route"] or "", outcome["outcome"]).inc()
     if res.archive is not None:
-        res.archive.record(Envelope.from_json(envelope), task_id=self.request.id, outcomes=outcomes)
+        res.archive.record(received, task_id=self.request.id, outcomes=outcomes)
     return outcomes

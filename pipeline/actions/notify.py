@@ -7,7 +7,7 @@ never notifies a target twice for one attempt that reached it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -23,6 +23,9 @@ from pipeline.errors import (
 from pipeline.parsing.events import Event
 
 USER_AGENT = "cicb-notify"
+
+# What became of one target: told, to be tried again, or refused for good.
+DELIVERED, FAILED, REFUSED = "delivered", "failed", "refused"
 
 
 class _Undelivered(PipelineError):
@@ -80,8 +83,10 @@ def notify(
     event: Event,
     *,
     webhook_key: bytes | None = None,
+    on_result: Callable[[Target, str], None] | None = None,
 ) -> None:
-    """Deliver to every target, trying them all before raising.
+    """Deliver to every target, trying them all before raising; ``on_result`` hears what
+    became of each (``DELIVERED``, ``FAILED`` or ``REFUSED``).
 
     Raises ``TargetsRejected`` if any target refused the event, else ``TargetsPending``
     if any failed for now; either names the ids of the targets that were not notified.
@@ -89,12 +94,17 @@ def notify(
     retryable: list[tuple[Target, DeliveryError]] = []
     rejected: list[tuple[Target, DeliveryRejected]] = []
     for target in targets:
+        result = DELIVERED
         try:
             deliver(client, target, event, webhook_key=webhook_key)
         except DeliveryError as exc:
             retryable.append((target, exc))
+            result = FAILED
         except DeliveryRejected as exc:
             rejected.append((target, exc))
+            result = REFUSED
+        if on_result is not None:
+            on_result(target, result)
     pending = [t.id for t, _ in rejected] + [t.id for t, _ in retryable]
     if rejected:
         raise TargetsRejected(pending, [e for _, e in rejected] + [e for _, e in retryable])

@@ -23,7 +23,7 @@ REDIS_SCHEMES = ("redis://", "rediss://")
 @dataclass(frozen=True, slots=True)
 class BrokerKind:
     broker_url: str
-    # Where workers keep deduplication keys, completion records and counters:
+    # Where workers keep deduplication keys, completion records and the archive:
     # ``CICB_REDIS_URL``, else the broker when it is Redis, else nowhere.
     state_url: str | None
     is_redis: bool

@@ -7,11 +7,12 @@ import sys
 
 import click
 
-from pipeline import processes
+from pipeline import metrics, processes
 from pipeline.cli.common import (
     fail,
     settings_or_exit,
 )
+from pipeline.settings import Settings
 
 STOP_SIGNAL_CODES = (130, 143)  # honcho's exit codes after SIGINT or SIGTERM
 
@@ -52,14 +53,23 @@ def receiver(workers: int) -> None:
     """Run the receiver (uvicorn) on CICB_RECEIVER_HOST:CICB_RECEIVER_PORT."""
     import signal
 
-    import uvicorn
-
     settings = settings_or_exit()
     if not settings.effective_token():
         fail("set CICB_RECEIVER_TOKEN (or run cicb up, which makes one)", code=2)
     # uvicorn stops gracefully on SIGTERM (no new connections, requests under way finish),
     # then raises the signal again with the handler it found: exit 0 then, a clean stop.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    # Every receiver process counts into one folder; the one a scrape reaches adds them up.
+    metrics_dir = metrics.use_multiprocess()
+    try:
+        _serve_receiver(settings, workers)
+    finally:
+        metrics_dir.remove()
+
+
+def _serve_receiver(settings: Settings, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "pipeline.receiver.app:create_app",
         factory=True,

@@ -3,6 +3,7 @@
 - ``app``: the Starlette app (``/callbacks``, ``/healthz``, ``/readyz``, ``/metrics``).
 - ``access``: tokens, source networks, the proxy header, throttled refusal logs.
 
-It parses nothing. It may import ``pipeline.brokers`` (to enqueue), ``pipeline.counters``,
-settings, logs and errors; nothing imports it but the CLI.
+It parses nothing. It may import ``pipeline.brokers`` (to enqueue, and to read the queues'
+depths for ``/metrics``), ``pipeline.metrics``, settings, logs and errors; nothing imports it
+but the CLI.
 """

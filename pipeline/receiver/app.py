@@ -14,11 +14,11 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 
 import anyio.to_thread
-import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
@@ -27,11 +27,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import logs
+from pipeline.brokers.depths import QueueDepths
 from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.publishing import Enqueuer
-from pipeline.counters import Counters
 from pipeline.errors import BrokerUnavailable, ConfigError
+from pipeline.metrics import ReceiverMetrics, served_registry
 from pipeline.receiver.access import (
     AddressFilter,
     LogThrottle,
@@ -48,23 +49,31 @@ REQUEST_ID_HEADER = "X-Request-Id"
 log = logs.get_logger("cicb.receiver")
 
 
-class _OutcomeCollector(Collector):
-    """The workers' outcome counts, read from Redis at each scrape."""
+class _QueueCollector(Collector):
+    """What waits on the broker, read at each scrape (``pipeline.brokers.depths``)."""
 
-    def __init__(self, counters: Counters) -> None:
-        self._counters = counters
+    def __init__(self, depths: QueueDepths) -> None:
+        self._depths = depths
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            "cicb_callbacks", "Callbacks by what the workers did with them.", labels=["outcome"]
-        )
         try:
-            counts = self._counters.read()
-        except redis.RedisError:
-            counts = {}
-        for outcome, count in sorted(counts.items()):
-            family.add_metric([outcome], count)
-        yield family
+            depths = self._depths.read()
+        except BrokerUnavailable as exc:
+            log.warning("metrics.queues_unread", error=str(exc))
+            return
+        messages = GaugeMetricFamily(
+            "cicb_queue_messages", "Messages waiting on each queue.", labels=["queue"]
+        )
+        for queue, count in depths.messages.items():
+            messages.add_metric([queue], count)
+        yield messages
+        age_s = depths.oldest_ingest_age_s(datetime.now(UTC))
+        if age_s is not None:
+            yield GaugeMetricFamily(
+                "cicb_ingest_oldest_age_seconds",
+                "How long the oldest callback waiting on ingest has waited (0: none waits).",
+                value=age_s,
+            )
 
 
 class BodyTooLarge(Exception):
@@ -158,18 +167,9 @@ def create_app(
     redact = secret_redactor(settings)
     enqueuer = (enqueuer_factory or kind.enqueuer)(settings)
 
-    registry = CollectorRegistry()
-    responses = Counter(
-        "cicb_receiver_responses",
-        "Callback requests by HTTP status.",
-        ["status"],
-        registry=registry,
-    )
-    enqueue_seconds = Histogram(
-        "cicb_receiver_enqueue_seconds",
-        "Time to put one callback on the broker.",
-        registry=registry,
-    )
+    metrics = ReceiverMetrics()
+    depths = QueueDepths(settings, kind)
+    registry = served_registry(metrics.registry, [_QueueCollector(depths)])
 
     def given_token(request: Request) -> str:
         return request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
@@ -218,7 +218,7 @@ def create_app(
             request_id=request_id,
         )
         try:
-            with enqueue_seconds.time():
+            with metrics.enqueue_seconds.time():
                 await enqueuer.ingest(envelope.to_json())
         except BrokerUnavailable as exc:
             log.error("callback.not_enqueued", request_id=request_id, error=redact(str(exc)))
@@ -233,7 +233,7 @@ def create_app(
         )
         remote = client_address(peer, header_values, proxy_header=settings.proxy_header)
         response = await receive(request, request_id, remote)
-        responses.labels(str(response.status_code)).inc()
+        metrics.responses.labels(str(response.status_code)).inc()
         return response
 
     async def healthz(request: Request) -> Response:
@@ -247,9 +247,7 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    registry.register(_OutcomeCollector(Counters.from_url(kind.state_url)))
-
-    async def metrics(request: Request) -> Response:
+    async def scrape(request: Request) -> Response:
         text = await anyio.to_thread.run_sync(generate_latest, registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
@@ -258,13 +256,14 @@ def create_app(
         _quiet_collector()
         yield
         await enqueuer.aclose()
+        depths.close()
 
     return Starlette(
         routes=[
             Route("/callbacks", callbacks, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            Route("/metrics", scrape, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

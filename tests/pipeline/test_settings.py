@@ -76,6 +76,8 @@ DEFAULTS = [
     Default("CICB_PREFETCH_MULTIPLIER", "prefetch_multiplier", 8),
     # None: Celery's own default, one process per CPU.
     Default("CICB_WORKER_CONCURRENCY", "worker_concurrency", None, "CPU count"),
+    Default("CICB_WORKER_METRICS_HOST", "worker_metrics_host", "127.0.0.1"),
+    Default("CICB_WORKER_METRICS_PORT", "worker_metrics_port", 8082),
     Default("CICB_FLOWER_HOST", "flower_host", "127.0.0.1"),
     Default("CICB_FLOWER_PORT", "flower_port", 5555),
     Default("CICB_CONSOLE_HOST", "console_host", "127.0.0.1"),
@@ -273,6 +275,7 @@ def test_comma_lists_are_trimmed_and_skip_empty_items() -> None:
         "VISIBILITY_TIMEOUT_S",
         "PREFETCH_MULTIPLIER",
         "FLOWER_PORT",
+        "WORKER_METRICS_PORT",
         "EMBEDDED_BROKER_PORT",
     ],
 )

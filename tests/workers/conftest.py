@@ -40,6 +40,8 @@ TIER_SETTINGS = {
     "CICB_VISIBILITY_TIMEOUT_S": "30",
     "CICB_ROUTES": "tests.workers.steps",
     "CICB_LOG_FORMAT": "json",
+    # The tier runs in the test process: its metrics stay in it (read with Tier.count).
+    "CICB_WORKER_METRICS_PORT": "0",
 }
 QUEUES = ("ingest", "actions", "dead_letter")
 
@@ -117,6 +119,8 @@ class Tier:
     targets: Targets
     app: Any
     publisher: Publisher
+    # The worker's metric samples when the test started (they add up over the session).
+    baseline: dict[tuple[str, frozenset[tuple[str, str]]], float] = field(default_factory=dict)
 
     @staticmethod
     def callback(job_id: str, *, tag: str = "Tts", state: str = "Success") -> bytes:
@@ -146,6 +150,36 @@ class Tier:
                 what=f"{count} dead letter(s)",
             )
         )
+
+    @staticmethod
+    def samples() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        from workers.metrics import worker_metrics
+
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in worker_metrics().registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    def count(self, name: str, **labels: str) -> float:
+        """How much the worker's metric sample ``name`` with ``labels`` grew in this test
+        (summed over the labels not given)."""
+        wanted = set(labels.items())
+
+        def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+            return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+        return total(self.samples()) - total(self.baseline)
+
+    def counts(self, name: str, label: str) -> dict[str, float]:
+        """What grew in this test of ``name``, by the value of ``label`` (none left at 0)."""
+        grown: dict[str, float] = {}
+        for (sample, labels), _ in self.samples().items():
+            if sample == name:
+                value = dict(labels)[label]
+                grown[value] = self.count(name, **{label: value})
+        return {k: v for k, v in grown.items() if v}
 
     def runs(self) -> list[str]:
         from tests.workers.steps import RUNS_KEY
@@ -217,4 +251,5 @@ def tier(tier_session: Tier) -> Iterator[Tier]:
             tier_session.redis.delete(*keys)
     tier_session.redis.delete(*QUEUES)
     tier_session.targets.reset()
+    tier_session.baseline = tier_session.samples()
     yield tier_session

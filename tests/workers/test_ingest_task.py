@@ -4,6 +4,7 @@ chain dispatched again repeats no finished step, and what cannot be read is kept
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 from click.testing import CliRunner
 
@@ -15,8 +16,9 @@ from tests.workers.conftest import Tier
 STEPS = ["first", "second"]
 
 
-def counters(tier: Tier) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in tier.redis.hgetall("cicb:counters").items()}
+def counters(tier: Tier) -> dict[str, float]:
+    """Events ingested in this test, by outcome (``cicb_callbacks_total``)."""
+    return tier.counts("cicb_callbacks_total", "outcome")
 
 
 def test_a_callback_delivered_twice_runs_its_route_once(tier: Tier) -> None:
@@ -33,13 +35,14 @@ def test_a_chain_dispatched_again_repeats_no_finished_step(tier: Tier) -> None:
 
     event = {"event": "TaskFinish", "job_id": "jagain", "tag": "Steps", "state": "Success"}
     route = Route("steps", ["tests.first", "tests.second"])
-    dispatch(route, event, "TaskFinish:jagain:Success")
+    now = datetime.now(UTC)
+    dispatch(route, event, "TaskFinish:jagain:Success", received_at=now)
     tier.idle()
-    dispatch(route, event, "TaskFinish:jagain:Success")
+    dispatch(route, event, "TaskFinish:jagain:Success", received_at=now)
     tier.idle()
     assert tier.runs() == ["first:jagain", "second:jagain"]
     # Another callback (another key) is other work.
-    dispatch(route, {**event, "job_id": "jother"}, "TaskFinish:jother:Success")
+    dispatch(route, {**event, "job_id": "jother"}, "TaskFinish:jother:Success", received_at=now)
     tier.idle()
     assert tier.runs()[2:] == ["first:jother", "second:jother"]
 

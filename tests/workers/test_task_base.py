@@ -77,7 +77,15 @@ def test_a_transient_error_is_retried_then_dead_lettered_with_its_work(tier: Tie
     assert letter.attempts == MAX_RETRIES + 1
     assert letter.args[0]["job_id"] == "jflaky"
     tier.idle()  # dead-lettered work is no longer kept in flight
-    assert int(tier.redis.hget("cicb:counters", "dead_lettered") or 0) == 1
+    counted = tier.count(
+        "cicb_tasks_total",
+        task="tests.failing",
+        route="failing",
+        outcome="dead_lettered",
+        error="TransientError",
+    )
+    assert counted == 1
+    assert tier.count("cicb_tasks_total", task="tests.failing", outcome="retried") == MAX_RETRIES
 
 
 def test_a_failed_step_is_dead_lettered_with_its_id_and_the_steps_after_it(tier: Tier) -> None:
