@@ -36,7 +36,7 @@ from pipeline.brokers.kind import kind_of
 from pipeline.brokers.queues import connection, transport_options
 from pipeline.cli.common import parse_time
 from pipeline.console.auth import COOKIE, CSRF_FIELD, SESSION_TTL_S, Guard, Session, log
-from pipeline.console.queries import Queries, Resend, pretty_body, utcnow
+from pipeline.console.queries import Queries, Resend, duration, pretty_body, utcnow
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.reconcile.store import ReconcileStore
 from pipeline.routing import table_for
@@ -204,6 +204,7 @@ def create_app(
         undefined=jinja2.StrictUndefined,
     )
     env.filters["qs"] = lambda fields: urlencode(fields)
+    env.filters["duration"] = duration
     css = (HERE / "static" / "console.css").read_bytes()
 
     def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -50,8 +50,26 @@ def pretty_body(body: bytes) -> tuple[str, str]:
             pretty = minidom.parseString(body).toprettyxml(indent="  ")
         except (ExpatError, ValueError):
             return "text", text
-        return "xml", "\n".join(line for line in pretty.splitlines() if line.strip())
+        lines = [line for line in pretty.splitlines() if line.strip()]
+        if not text.lstrip().startswith("<?xml"):
+            lines = lines[1:]  # the declaration minidom adds
+        return "xml", "\n".join(lines)
     return "text", text
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``15 min``, ``3 h 5 min``, ``12 d``: how late, at a glance."""
+    whole = round(abs(seconds))
+    sign = "-" if seconds < 0 and whole else ""
+    if whole < 120:
+        shown = f"{whole} s"
+    elif whole < 2 * 3600:
+        shown = f"{whole // 60} min"
+    elif whole < 2 * 86400:
+        shown = f"{whole // 3600} h {whole % 3600 // 60} min"
+    else:
+        shown = f"{whole // 86400} d"
+    return sign + shown
 
 
 def event_ids(event: dict[str, Any]) -> set[str]:

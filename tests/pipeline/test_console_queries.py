@@ -14,7 +14,7 @@ from pipeline.archive import Archive, Filters
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.queues import connection
-from pipeline.console.queries import pretty_body
+from pipeline.console.queries import duration, pretty_body
 from pipeline.reconcile.store import ReconcileStore
 from pipeline.settings import Settings
 
@@ -150,7 +150,8 @@ def test_the_last_pass_of_each_queue_is_kept_most_recent_first(client: redis.Red
     ("body", "fmt", "shown"),
     [
         (b'{"a":{"b":1}}', "json", '{\n  "a": {\n    "b": 1\n  }\n}'),
-        (b"<a><b>1</b></a>", "xml", '<?xml version="1.0" ?>\n<a>\n  <b>1</b>\n</a>'),
+        (b"<a><b>1</b></a>", "xml", "<a>\n  <b>1</b>\n</a>"),
+        (b'<?xml version="1.0"?><a/>', "xml", '<?xml version="1.0" ?>\n<a/>'),
         (b"<a><b>1</b", "text", "<a><b>1</b"),
         (
             b'<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>',
@@ -164,3 +165,18 @@ def test_a_body_is_indented_when_well_formed_and_shown_as_it_is_otherwise(
     body: bytes, fmt: str, shown: str
 ) -> None:
     assert pretty_body(body) == (fmt, shown)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (3.4, "3 s"),
+        (119, "119 s"),
+        (900, "15 min"),
+        (7260, "2 h 1 min"),
+        (139466595, "1614 d"),
+        (-5, "-5 s"),
+    ],
+)
+def test_how_late_reads_at_a_glance(seconds: float, shown: str) -> None:
+    assert duration(seconds) == shown
