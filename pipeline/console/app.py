@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import jinja2
 import redis
 from celery import Celery
+from kombu.exceptions import KombuError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -37,7 +38,8 @@ from pipeline.brokers.queues import connection, transport_options
 from pipeline.cli.common import parse_time
 from pipeline.console.auth import COOKIE, CSRF_FIELD, SESSION_TTL_S, Guard, Session, log
 from pipeline.console.queries import Queries, Resend, duration, pretty_body, utcnow
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import BrokerUnavailable, ConfigError, PipelineError
+from pipeline.receiver.access import secret_redactor
 from pipeline.reconcile.store import ReconcileStore
 from pipeline.routing import table_for
 from pipeline.settings import Settings, get_settings
@@ -242,6 +244,17 @@ def create_app(
         assert isinstance(exc, Refused)
         guard.refused(exc.status, exc.reason, remote=remote(request), path=request.url.path)
         return render(request, "error.html", exc.status, message=exc.reason)
+
+    redact = secret_redactor(settings)
+
+    async def unreachable(request: Request, exc: Exception) -> Response:
+        log.error("console.unreachable", path=request.url.path, error=redact(str(exc)))
+        return render(
+            request,
+            "error.html",
+            503,
+            message=f"Redis or the broker did not answer: {redact(str(exc))}",
+        )
 
     async def checked_form(request: Request) -> FormData:
         """The posted form, once its CSRF token is the session's; raises ``Refused``."""
@@ -525,5 +538,13 @@ def create_app(
         Route("/routes", explain, methods=["POST"]),
     ]
     return Starlette(
-        routes=routes, middleware=[Middleware(SignedIn)], exception_handlers={Refused: refused}
+        routes=routes,
+        middleware=[Middleware(SignedIn)],
+        exception_handlers={
+            Refused: refused,
+            redis.RedisError: unreachable,
+            OSError: unreachable,
+            KombuError: unreachable,
+            BrokerUnavailable: unreachable,
+        },
     )

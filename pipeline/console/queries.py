@@ -14,6 +14,8 @@ from typing import Any
 from xml.dom import minidom
 from xml.parsers.expat import ExpatError
 
+import redis
+
 from pipeline.actions.resubmit import AttemptStore
 from pipeline.archive import Archive, ArchiveEntry, Filters, Page
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue, NotFound
@@ -109,6 +111,7 @@ class Overview:
     workers_error: str | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     archived: int | None = None
+    redis_error: str | None = None
 
 
 class Queries:
@@ -147,18 +150,25 @@ class Queries:
             view.oldest_ingest_age_s = view.depths.oldest_ingest_age_s(now)
         except PipelineError as exc:
             view.depths_error = str(exc)
-        if self.archive is not None:
-            recent = islice(self.archive.entries(Filters(since=now - RECENT)), self.scan_limit + 1)
-            outcomes = Counter(e.outcome for e in recent)
-            view.outcomes_complete = outcomes.total() <= self.scan_limit
-            view.outcomes = dict(outcomes.most_common())
-            view.archived = self.archive.count()
+        try:
+            if self.archive is not None:
+                since = now - RECENT
+                recent = islice(self.archive.entries(Filters(since=since)), self.scan_limit + 1)
+                outcomes = Counter(e.outcome for e in recent)
+                view.outcomes_complete = outcomes.total() <= self.scan_limit
+                view.outcomes = dict(outcomes.most_common())
+                view.archived = self.archive.count()
+            if self.reconcile is not None:
+                view.passes = self.reconcile.last_passes(MAX_ROWS)
+        except redis.RedisError as exc:
+            view.redis_error = str(exc)
+        if view.depths is None:
+            view.workers_error = "the broker did not answer"
+            return view
         try:
             view.workers = sorted(self._workers_online())
         except Exception as exc:  # whatever the broker's control channel raises
             view.workers_error = str(exc)
-        if self.reconcile is not None:
-            view.passes = self.reconcile.last_passes(MAX_ROWS)
         return view
 
     # -- callbacks --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pipeline.parsing import parse
 from pipeline.parsing.events import JobEvent
 from pipeline.reconcile.store import ReconcileStore
 from pipeline.settings import Settings
-from tests.support import SAMPLES
+from tests.support import SAMPLES, free_port
 
 with warnings.catch_warnings():
     # Starlette 1 asks for httpx2 over httpx; the client works the same with httpx.
@@ -491,3 +491,19 @@ def test_the_routes_page_lists_the_table_and_explains_a_pasted_body_as_the_cli_d
     garbage = client.post("/routes", data={"body": "<Response><Even", "csrf": csrf_of(client)})
     assert garbage.status_code == 400
     assert "Not a callback:" in garbage.text and "line 1" in garbage.text
+
+
+def test_without_redis_the_overview_says_so_and_other_pages_are_a_503(lines: Lines) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings(broker_url=down, broker_configured=True, console_token=CONSOLE_TOKEN)
+    with TestClient(create_app(settings, workers_online=list), follow_redirects=False) as c:
+        c.post("/signin", data={"token": CONSOLE_TOKEN})
+        overview = c.get("/")
+        assert overview.status_code == 200
+        assert "Redis did not answer" in overview.text
+        assert "Broker unreachable" in overview.text
+        for path in ("/callbacks", f"/jobs/{TTS_JOB}"):
+            answer = c.get(path)
+            assert answer.status_code == 503
+            assert "Redis or the broker did not answer" in answer.text
+    assert len(lines.named("console.unreachable")) == 2
