@@ -48,6 +48,8 @@ HERE = Path(__file__).parent
 PUBLIC = ("/signin", "/console.css", "/healthz")
 # Workers answer a ping within this, or are not shown as online.
 PING_TIMEOUT_S = 1.0
+# The sign-in form holds a token; the route preview's form a callback body, percent-encoded.
+SIGNIN_FORM_BYTES = 64 * 1024
 STREAM_ID = re.compile(r"\d+-\d+")
 DEAD_LETTER_ID = re.compile(r"[0-9a-f]{32}")
 SECURITY_HEADERS = {
@@ -223,16 +225,32 @@ def create_app(
     def remote(request: Request) -> str | None:
         return request.client.host if request.client else None
 
+    form_bytes = 3 * settings.max_body_bytes + SIGNIN_FORM_BYTES
+
+    def oversized(request: Request) -> int | None:
+        """411 or 413 for a post whose form is not bounded by its Content-Length."""
+        if request.method != "POST":
+            return None
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():
+            return 411
+        limit = SIGNIN_FORM_BYTES if request.url.path == "/signin" else form_bytes
+        return 413 if int(declared) > limit else None
+
     class SignedIn(BaseHTTPMiddleware):
         async def dispatch(
             self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
         ) -> Response:
             session = guard.session(request.cookies.get(COOKIE))
             request.state.session = session
-            if session is None and request.url.path not in PUBLIC:
+            if (status := oversized(request)) is not None:
+                reason = "no Content-Length" if status == 411 else "form too large"
+                guard.refused(status, reason, remote=remote(request), path=request.url.path)
+                response: Response = render(request, "error.html", status, message=reason)
+            elif session is None and request.url.path not in PUBLIC:
                 guard.refused(401, "no session", remote=remote(request), path=request.url.path)
                 if request.method == "GET":
-                    response: Response = RedirectResponse("/signin", status_code=303)
+                    response = RedirectResponse("/signin", status_code=303)
                 else:
                     response = render(request, "error.html", 401, message="Sign in first.")
             else:
@@ -371,7 +389,7 @@ def create_app(
             return not_found(request, str(exc))
         fmt, text = pretty_body(entry.body)
         events, parse_error = queries.normalized(entry)
-        steps = {i: queries.steps(e) for i, e in enumerate(entry.events)}
+        steps = queries.steps(entry.events)
         return render(
             request,
             "callback.html",

@@ -78,6 +78,15 @@ def event_ids(event: dict[str, Any]) -> set[str]:
     return {i for i in (event.get("job_id"), event.get("run_id")) if i}
 
 
+def _names(letter: DeadLetter, ids: set[str]) -> bool:
+    """Whether a step's dead letter holds an event with one of ``ids``."""
+    return (
+        bool(letter.args)
+        and isinstance(letter.args[0], dict)
+        and bool(event_ids(letter.args[0]) & ids)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     task: str
@@ -192,36 +201,31 @@ class Queries:
         except PipelineError as exc:
             return [], str(exc)
 
-    def steps(self, event: dict[str, Any]) -> list[Step]:
-        """Each step of the chain of ``event``'s route, with the dead letter it left among
-        the oldest ``scan_limit``: the steps after a dead-lettered one did not run."""
-        route = next((r for r in self.table.routes if r.name == event.get("route")), None)
-        if route is None or event.get("outcome") != "dispatched":
-            return []
-        ids = event_ids(event)
-        letters, _ = self.dead_letters.peek(self.scan_limit)
-        steps: list[Step] = []
-        stopped = False
-        for task in route.chain:
-            letter = next(
-                (
-                    d
-                    for d in letters
-                    if d.task == task
-                    and d.args
-                    and isinstance(d.args[0], dict)
-                    and event_ids(d.args[0]) & ids
-                ),
-                None,
-            )
-            if stopped:
-                steps.append(Step(task, "not run"))
-            elif letter is not None:
-                steps.append(Step(task, "dead-lettered", letter))
-                stopped = True
-            else:
-                steps.append(Step(task, "no dead letter"))
-        return steps
+    def steps(self, events: tuple[dict[str, Any], ...]) -> list[list[Step]]:
+        """For each event, each step of its route's chain with the dead letter it left among
+        the oldest ``scan_limit`` (read once): the steps after a dead-lettered one did not
+        run. None for an event whose route did not start."""
+        routes = {r.name: r for r in self.table.routes}
+        started = [
+            routes.get(e.get("route") or "") if e.get("outcome") == "dispatched" else None
+            for e in events
+        ]
+        letters = self.dead_letters.peek(self.scan_limit)[0] if any(started) else []
+        found: list[list[Step]] = []
+        for event, route in zip(events, started, strict=True):
+            steps: list[Step] = []
+            ids, stopped = event_ids(event), False
+            for task in route.chain if route else ():
+                letter = next((d for d in letters if d.task == task and _names(d, ids)), None)
+                if stopped:
+                    steps.append(Step(task, "not run"))
+                elif letter is not None:
+                    steps.append(Step(task, "dead-lettered", letter))
+                    stopped = True
+                else:
+                    steps.append(Step(task, "no dead letter"))
+            found.append(steps)
+        return found
 
     # -- a job's timeline ---------------------------------------------------------------------
 

@@ -507,3 +507,13 @@ def test_without_redis_the_overview_says_so_and_other_pages_are_a_503(lines: Lin
             assert answer.status_code == 503
             assert "Redis or the broker did not answer" in answer.text
     assert len(lines.named("console.unreachable")) == 2
+
+
+def test_a_sign_in_form_too_large_to_hold_a_token_is_refused_unread(
+    anonymous: TestClient, lines: Lines
+) -> None:
+    answer = anonymous.post("/signin", data={"token": "x" * 70_000})
+    assert answer.status_code == 413
+    assert [(e["status"], e["reason"]) for e in lines.named("console.refused")] == [
+        (413, "form too large")
+    ]
