@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -30,13 +29,13 @@ from starlette.routing import Route
 
 from pipeline import logs
 from pipeline.actions.resubmit import AttemptStore
-from pipeline.archive import Archive, Filters, NotArchived
+from pipeline.archive import Archive, NotArchived
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue, NotFound
 from pipeline.brokers.depths import QueueDepths
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.queues import connection, transport_options
-from pipeline.cli.common import parse_time
 from pipeline.console.auth import COOKIE, CSRF_FIELD, SESSION_TTL_S, Guard, Session, log
+from pipeline.console.forms import BadInput, Selection, filters_of
 from pipeline.console.queries import Queries, Resend, duration, pretty_body, utcnow
 from pipeline.errors import BrokerUnavailable, ConfigError, PipelineError
 from pipeline.receiver.access import secret_redactor
@@ -67,10 +66,6 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         self.status = status
         self.reason = reason
-
-
-class BadInput(Exception):
-    """A filter, id or form field the console cannot use: a 400 page saying why."""
 
 
 def workers_online_of(settings: Settings) -> Callable[[], list[str]]:
@@ -116,63 +111,6 @@ def queries_of(settings: Settings, workers_online: Callable[[], list[str]] | Non
         workers_online=workers_online or workers_online_of(settings),
         resend=resend,
     )
-
-
-def filters_of(params: dict[str, str]) -> Filters:
-    """The callbacks page's filters from its query string; raises ``BadInput``."""
-    values: dict[str, Any] = {}
-    for name in ("event", "tag", "state", "job_id", "outcome", "source"):
-        if params.get(name, "").strip():
-            values[name] = params[name].strip()
-    if params.get("q", "").strip():
-        values["any_id"] = params["q"].strip()
-    for name in ("since", "until"):
-        if params.get(name, "").strip():
-            try:
-                values[name] = parse_time(params[name])
-            except ValueError as exc:
-                raise BadInput(f"{name}: {exc}") from exc
-    return Filters(**values)
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """Which dead letters an action touches: one by id, one group, or all."""
-
-    id: str | None = None
-    group: tuple[str, str, str] | None = None
-    everything: bool = False
-
-    @classmethod
-    def of(cls, fields: dict[str, str]) -> Selection:
-        if fields.get("id"):
-            return cls(id=fields["id"])
-        if all(k in fields for k in ("task", "error", "reason")):
-            return cls(group=(fields["task"], fields["error"], fields["reason"]))
-        if fields.get("all") == "1":
-            return cls(everything=True)
-        raise BadInput("say which dead letters: an id, a group (task, error, reason) or all")
-
-    def __call__(self, letter: DeadLetter) -> bool:
-        if self.id is not None:
-            return letter.id == self.id
-        if self.group is not None:
-            return (letter.task, letter.error, letter.reason) == self.group
-        return self.everything
-
-    def fields(self) -> dict[str, str]:
-        if self.id is not None:
-            return {"id": self.id}
-        if self.group is not None:
-            return dict(zip(("task", "error", "reason"), self.group, strict=True))
-        return {"all": "1"}
-
-    def describe(self) -> str:
-        if self.id is not None:
-            return f"dead letter {self.id}"
-        if self.group is not None:
-            return "the group {} / {} / {}".format(*self.group)
-        return "every dead letter"
 
 
 def _download(body: bytes, name: str) -> Response:
