@@ -4,7 +4,7 @@ Everything runs here, on loopback, in one go, and prints one table. The machine 
 and noisy: each figure is the median of ``BENCH_RUNS`` runs, and the ratios measured side by
 side are the figures that count. Nothing here is a test; nothing asserts a time.
 
-1. Receiver: wrk (50 connections) posting ../shared/samples/tts_workflow.xml to cicb's
+1. Receiver: wrk (50 connections) posting tests/samples/transcode_workflow.xml to cicb's
    receiver, to the same server doing no work (ceiling), and to Flask under gunicorn calling
    ``ingest.delay`` (peer). Every accepted callback is then counted on the broker.
 2. End to end: callbacks/s through ingest and a one-step no-op route, beside Celery's own
@@ -36,7 +36,7 @@ from pipeline.processes import WORKER_COMMAND, embedded_broker_command
 from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "samples" / "tts_workflow.xml"
+SAMPLE = ROOT / "tests" / "samples" / "transcode_workflow.xml"
 BIN = Path(sys.executable).parent
 TOKEN = "bench-token-0123456789"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -381,7 +381,7 @@ def main() -> None:
             if "receiver" in parts:
                 print(
                     table(
-                        "Receiver (POST tts_workflow.xml)",
+                        "Receiver (POST tests/samples/transcode_workflow.xml)",
                         ["server", "req/s", "p50 ms", "p99 ms", "vs peer", "vs ceiling"],
                         bench.receiver_rows(),
                     ),

@@ -92,9 +92,15 @@ class ReceiverMetrics:
 
 
 class WorkerMetrics:
-    """What each worker process counts: tasks, callbacks and what the actions did."""
+    """What each worker process counts: tasks, callbacks and what the actions did.
 
-    def __init__(self) -> None:
+    The series whose labels are known in advance start at 0, so a rate or an alert sees them
+    before the first event (Prometheus's advice): the notify results of ``target_kinds``
+    (the configured targets'), the copy, resubmission and reconcile results, and the
+    callbacks that take no route.
+    """
+
+    def __init__(self, target_kinds: Iterable[str] = ()) -> None:
         self.registry = r = CollectorRegistry()
         self.tasks = Counter(
             "cicb_tasks",
@@ -159,3 +165,14 @@ class WorkerMetrics:
         self.reconcile_errors = Counter(
             "cicb_reconcile_errors", "Reconcile listings CI refused.", registry=r
         )
+        for kind in target_kinds:
+            for result in ("delivered", "failed", "refused"):
+                self.notifications.labels(kind, result)
+        for outcome in ("unrouted", "duplicate", "dead_lettered"):
+            self.callbacks.labels("", outcome)
+        for result in ("copied", "skipped"):
+            self.copied_objects.labels(result)
+        for result in ("resubmitted", "gave_up"):
+            self.resubmissions.labels(result)
+        for kind in ("job", "workflow"):
+            self.reconciled.labels(kind)

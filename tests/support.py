@@ -223,10 +223,35 @@ def cicb_env(broker_url: str, **extra: str) -> dict[str, str]:
         CICB_LOG_FORMAT="json",
         CICB_RETRY_BACKOFF_S="1",
         CICB_RETRY_BACKOFF_MAX_S="2",
+        # A port of its own: a worker started with this environment serves its /metrics
+        # there (a second one on it logs that it cannot).
+        CICB_WORKER_METRICS_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of a Prometheus text exposition at ``url``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(url, timeout=10)
+    response.raise_for_status()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` that have ``labels`` (0 when none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
 
 
 @dataclass
@@ -246,6 +271,16 @@ class Stack:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env=self.env, check=check)
+
+    @property
+    def worker_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['CICB_WORKER_METRICS_PORT']}/metrics"
+
+    def worker_metrics(self) -> Samples:
+        return scrape(self.worker_metrics_url)
+
+    def receiver_metrics(self) -> Samples:
+        return scrape(f"{self.url}/metrics")
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """What ``cicb dlq list --json`` shows."""

@@ -31,7 +31,7 @@ log = logs.get_logger("cicb.metrics")
 @functools.cache
 def worker_metrics() -> WorkerMetrics:
     """This process's metrics, made on first use (after the worker set up multiprocess mode)."""
-    return WorkerMetrics()
+    return WorkerMetrics(target_kinds={t.kind for t in resources().notify_targets})
 
 
 class _Scheduled(Collector):

@@ -42,6 +42,11 @@ def up() -> None:
         f"console:      http://{settings.console_host}:{settings.console_port}/"
         f"  (sign in with {console_token})"
     )
+    receiver_metrics = f"http://{settings.receiver_host}:{settings.receiver_port}/metrics"
+    click.echo(f"metrics:      {receiver_metrics} (receiver, queues)")
+    if settings.worker_metrics_port:
+        worker_metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+        click.echo(f"              {worker_metrics}/metrics (workers)")
     manager.loop()
     # Stopped by Ctrl-C or SIGTERM with every process down: that is a clean stop.
     sys.exit(0 if manager.returncode in STOP_SIGNAL_CODES else manager.returncode)

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from tests.peers import NEW_JOB_ID, CiServer
-from tests.support import Stack, Target, wait_until
+from tests.support import Stack, Target, metric, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +89,13 @@ def test_success_is_notified_then_its_output_copied(
     assert actions_stack.worker.log().count('"outputs_copied"') == 1
     assert len(target.received) == 1
     assert actions_stack.dead_letters() == []
+    samples = actions_stack.worker_metrics()
+    assert metric(samples, "cicb_copied_objects_total", result="copied") == 1
+    assert metric(samples, "cicb_copied_objects_total", result="skipped") == 0
+    assert metric(samples, "cicb_copied_bytes_total") == len(MEDIA)
+    route = {"route": "job-succeeded", "outcome": "done"}
+    assert metric(samples, "cicb_tasks_total", task="cicb.copy_output", **route) == 1
+    assert metric(samples, "cicb_callback_latency_seconds_count", route="job-succeeded") == 1
 
 
 def test_a_missing_output_is_dead_lettered_with_a_clear_reason(
@@ -128,6 +135,11 @@ def test_a_failed_job_is_resubmitted_once_then_given_up(
     assert letter["task"] == "cicb.retry_job"
     assert letter["error"] == "GaveUp"
     assert len(ci_server.requests) == 1
+    samples = actions_stack.worker_metrics()
+    assert metric(samples, "cicb_resubmissions_total", result="resubmitted") == 1
+    assert metric(samples, "cicb_resubmissions_total", result="gave_up") == 1
+    given_up = {"task": "cicb.retry_job", "outcome": "dead_lettered", "error": "GaveUp"}
+    assert metric(samples, "cicb_tasks_total", route="job-failed", **given_up) == 1
     notified = [(e["job_id"], e["state"]) for e in target.wait_for(2)]
     assert notified == [("jfail0001", "Failed"), (NEW_JOB_ID, "Failed")]
     logs = actions_stack.worker.log() + actions_stack.receiver.log()

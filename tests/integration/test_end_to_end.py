@@ -18,6 +18,7 @@ from tests.support import (
     Target,
     cicb_env,
     free_port,
+    metric,
     run_cli,
     shared_samples,
     start_receiver,
@@ -166,9 +167,8 @@ def test_unrouted_callback_is_logged_not_dead_lettered(make_stack: object, targe
     assert json.loads(line)["state"] == "Cancel"
     assert stack.dead_letters() == []
     assert target.received == []
-    metrics = httpx.get(f"{stack.url}/metrics").text
-    assert 'cicb_callbacks_total{outcome="unrouted"} 1.0' in metrics
-    assert 'cicb_receiver_responses_total{status="200"} 1.0' in metrics
+    assert metric(stack.worker_metrics(), "cicb_callbacks_total", outcome="unrouted") == 1
+    assert metric(stack.receiver_metrics(), "cicb_receiver_responses_total", status="200") == 1
 
 
 def test_custom_routes_from_a_user_module(

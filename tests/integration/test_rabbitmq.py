@@ -47,6 +47,7 @@ from tests.support import (
     Target,
     cicb_env,
     free_port,
+    metric,
     require,
     start_receiver,
     start_worker,
@@ -232,9 +233,16 @@ def test_callbacks_posted_together_are_each_notified_once(stack: Stack, target: 
     log = stack.worker.log()
     assert log.count('"outcome": "dispatched"') == len(job_ids)
     assert log.count('"outcome": "duplicate"') == 1
-    metrics = httpx.get(f"{stack.url}/metrics").text  # counted in Redis, read by the receiver
-    assert f'cicb_callbacks_total{{outcome="dispatched"}} {len(job_ids)}.0' in metrics
-    assert 'cicb_callbacks_total{outcome="duplicate"} 1.0' in metrics
+    samples = stack.worker_metrics()
+    assert metric(samples, "cicb_callbacks_total", outcome="dispatched") == len(job_ids)
+    assert metric(samples, "cicb_callbacks_total", outcome="duplicate") == 1
+    # What waits on RabbitMQ's queues, read by the receiver: nothing now.
+    queues = stack.receiver_metrics()
+    for name in ("ingest", "actions", "dead_letter"):
+        assert ("cicb_queue_messages", frozenset({("queue", name)})) in queues
+    assert metric(queues, "cicb_queue_messages") == 0
+    # RabbitMQ cannot show a message without delivering it: no age.
+    assert not any(name == "cicb_ingest_oldest_age_seconds" for name, _ in queues)
     assert stack.dead_letters() == []
 
 

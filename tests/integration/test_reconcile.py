@@ -17,14 +17,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
 from pipeline.brokers.publishing import Publisher
 from pipeline.settings import Settings
 from tests.peers import CiServer, ci_error, ci_job, job_callback, serve_ci
-from tests.support import Process, Stack, Target, cicb_env, run_cli, started, wait_until
+from tests.support import (
+    Process,
+    Stack,
+    Target,
+    cicb_env,
+    metric,
+    run_cli,
+    started,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -75,9 +83,14 @@ def settings_for(ci: CiServer, target: Target) -> dict[str, str]:
     }
 
 
-def counters(broker_url: str) -> dict[str, int]:
-    raw = redis.Redis.from_url(broker_url).hgetall("cicb:counters")
-    return {k.decode(): int(v) for k, v in raw.items()}
+def counters(stack: Stack) -> dict[str, float]:
+    """Callbacks by outcome, as the worker's /metrics counts them."""
+    samples = stack.worker_metrics()
+    outcomes = {
+        dict(labels)["outcome"] for name, labels in samples if name == "cicb_callbacks_total"
+    }
+    found = {o: metric(samples, "cicb_callbacks_total", outcome=o) for o in outcomes}
+    return {o: n for o, n in found.items() if n}
 
 
 def test_one_pass_routes_every_lost_job_once_and_the_late_callbacks_are_duplicates(
@@ -116,7 +129,7 @@ def test_one_pass_routes_every_lost_job_once_and_the_late_callbacks_are_duplicat
         False,
     )
     assert 2900 < one["late_s"] < 3100
-    assert target.received == [] and counters(broker_url) == {}
+    assert target.received == [] and counters(stack) == {}
 
     # One pass, as beat sends it: cicb.reconcile fans out one task per queue. The first
     # queue's first list fails for now: its task is retried with the usual backoff.
@@ -124,7 +137,7 @@ def test_one_pass_routes_every_lost_job_once_and_the_late_callbacks_are_duplicat
     publisher = Publisher(Settings(broker_url=broker_url))
     publisher.send("cicb.reconcile", [], queue_name="actions")
     events = target.wait_for(60, timeout_s=120)
-    wait_until(lambda: counters(broker_url).get("reconciled") == 60, timeout_s=60, what="60")
+    wait_until(lambda: counters(stack).get("reconciled") == 60, timeout_s=60, what="60")
     notified = sorted((e["job_id"], e["state"], e["source"]) for e in events)
     assert notified == sorted((j["JobId"], j["State"], "reconcile") for j in jobs)
     # The failed ones reach retry_job, which resubmits each once through CI's API.
@@ -146,11 +159,13 @@ def test_one_pass_routes_every_lost_job_once_and_the_late_callbacks_are_duplicat
     # The receiver is back: the late callbacks are all duplicates and run nothing.
     for job in jobs:
         assert stack.post(job_callback(job)).status_code == 200
-    wait_until(lambda: counters(broker_url).get("duplicate") == 60, timeout_s=60, what="dups")
-    assert counters(broker_url) == {"reconciled": 60, "duplicate": 60}
+    wait_until(lambda: counters(stack).get("duplicate") == 60, timeout_s=60, what="dups")
+    assert counters(stack) == {"reconciled": 60, "duplicate": 60}
     assert len(target.received) == 60 and len(ci_posts(ci)) == 10
-    metrics = httpx.get(f"{stack.url}/metrics").text
-    assert 'cicb_callbacks_total{outcome="reconciled"} 60.0' in metrics
+    samples = stack.worker_metrics()
+    assert metric(samples, "cicb_reconciled_callbacks_total", kind="job") == 60
+    assert metric(samples, "cicb_reconcile_errors_total") == 1
+    assert metric(samples, "cicb_resubmissions_total", result="resubmitted") == 10
 
     # A second pass finds nothing lost; the recent job is still left for a later one.
     again = json.loads(stack.cli("reconcile", "--dry-run", "--json", check=False).stdout)

@@ -18,7 +18,9 @@ from tests.support import (
     Process,
     Target,
     free_port,
+    metric,
     run_cli,
+    scrape,
     wait_until,
 )
 
@@ -33,13 +35,16 @@ def port_open(port: int) -> bool:
 def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
     tmp_path: Path, target: Target
 ) -> None:
-    ports = {name: free_port() for name in ("broker", "receiver", "flower", "console")}
+    ports = {
+        name: free_port() for name in ("broker", "receiver", "flower", "console", "worker_metrics")
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("CICB_")}
     env.update(
         CICB_EMBEDDED_BROKER_PORT=str(ports["broker"]),
         CICB_RECEIVER_PORT=str(ports["receiver"]),
         CICB_FLOWER_PORT=str(ports["flower"]),
         CICB_CONSOLE_PORT=str(ports["console"]),
+        CICB_WORKER_METRICS_PORT=str(ports["worker_metrics"]),
         CICB_NOTIFY_URLS=target.url,
         FLOWER_UNAUTHENTICATED_API="true",
         PYTHONPATH=str(ROOT),
@@ -90,6 +95,16 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
         [task] = failed.values()
         assert task["name"] == "cicb.ingest"
         assert "ParseError" in task["exception"]
+
+        # Prometheus' view: the receiver's and the worker's /metrics, as cicb up printed them.
+        worker_metrics = f"http://127.0.0.1:{ports['worker_metrics']}/metrics"
+        assert f"{receiver}/metrics" in up.log() and worker_metrics in up.log()
+        front, work = scrape(f"{receiver}/metrics"), scrape(worker_metrics)
+        assert metric(front, "cicb_queue_messages", queue="dead_letter") == 1
+        assert metric(front, "cicb_receiver_responses_total", status="200") == 2
+        assert metric(work, "cicb_callbacks_total", outcome="dispatched") == 1
+        assert metric(work, "cicb_callbacks_total", outcome="dead_lettered") == 1
+        assert metric(work, "cicb_callback_latency_seconds_count", route="job-succeeded") == 1
 
     except BaseException:
         up.stop()
