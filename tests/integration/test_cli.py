@@ -41,6 +41,7 @@ def test_help_lists_every_command(env: dict[str, str]) -> None:
         *("up", "receiver", "worker", "send", "parse", "routes", "dlq"),
         *("archive", "replay"),
         *("reconcile", "beat"),
+        "console",
     }
     dlq = run_cli("dlq", "--help", env=env).stdout
     assert commands_listed(dlq) == {"list", "show", "replay", "purge"}

@@ -119,12 +119,14 @@ def test_find_a_job_see_its_route_replay_and_purge_a_dead_letter(
     expect(page.get_by_text("Workers online")).to_be_visible()
     expect(page.locator(".card li")).not_to_have_count(0)
     shoot(page, "overview")
+    page.click("nav >> text=Callbacks")
+    expect(page.locator("table.list tr")).to_have_count(4)
+    shoot(page, "callbacks")
 
     # Find the job by its id: its event and the route it took.
-    page.fill("input[name=q]", JOB_ID)
-    page.press("input[name=q]", "Enter")
+    page.fill("header input[name=q]", JOB_ID)
+    page.press("header input[name=q]", "Enter")
     expect(page.locator("table.list tr")).to_have_count(2)
-    shoot(page, "callbacks")
     page.click(f"text=Timeline of job {JOB_ID}")
     row = page.locator("table.list tr").nth(1)
     expect(row).to_contain_text("TaskFinish")
