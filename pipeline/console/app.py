@@ -350,7 +350,7 @@ def create_app(
     def timeline(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         items, partial = queries.timeline(job_id)
-        attempt, resubmitted_as = queries.resubmissions(job_id)
+        attempt, resubmissions = queries.resubmissions(job_id)
         return render(
             request,
             "timeline.html",
@@ -358,7 +358,7 @@ def create_app(
             items=items,
             partial=partial,
             attempt=attempt,
-            resubmitted_as=resubmitted_as,
+            resubmissions=resubmissions,
             scan_limit=queries.scan_limit,
         )
 

@@ -30,6 +30,8 @@ PAGE_SIZE = 50
 # Dead-letter groups, timelines and reconcile passes shown at most.
 MAX_ROWS = 200
 RECENT = timedelta(hours=1)
+# Jobs followed from one through its resubmissions (CICB_RETRY_MAX_ATTEMPTS is 2 by default).
+MAX_RESUBMISSIONS = 20
 
 Resend = Callable[[DeadLetter], None]
 
@@ -258,11 +260,20 @@ class Queries:
                 return ended
         return None
 
-    def resubmissions(self, job_id: str) -> tuple[int | None, str | None]:
-        """The run number of ``job_id`` and the job a resubmission created from it."""
+    def resubmissions(self, job_id: str) -> tuple[int | None, list[str]]:
+        """The run number of ``job_id`` and the jobs resubmission created from it, each from
+        the one before (at most ``MAX_RESUBMISSIONS``)."""
         if self.attempts is None:
-            return None, None
-        return self.attempts.attempt_of(job_id), self.attempts.resubmitted_as(job_id)
+            return None, []
+        created: list[str] = []
+        current: str | None = job_id
+        while len(created) < MAX_RESUBMISSIONS and current is not None:
+            current = self.attempts.resubmitted_as(current)
+            if current is not None and current not in created and current != job_id:
+                created.append(current)
+            else:
+                break
+        return self.attempts.attempt_of(job_id), created
 
     # -- dead letters -------------------------------------------------------------------------
 

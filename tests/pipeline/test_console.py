@@ -98,7 +98,8 @@ def client(anonymous: TestClient) -> TestClient:
 
 def words(page: str) -> str:
     """A page's text as a reader sees it: tags gone, entities read, spaces collapsed."""
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    return re.sub(r" ([,.])(?= |$)", r"\1", text)
 
 
 def csrf_of(client: TestClient, path: str = "/routes") -> str:
@@ -417,12 +418,16 @@ def test_a_jobs_timeline_is_in_time_order_with_how_late_and_the_job_a_resubmissi
         received_at=ended + timedelta(seconds=900),
         events=[job_event(job_id, state="Failed", route="job-failed", outcome="duplicate")],
     )
-    AttemptStore(redis.Redis.from_url(broker_url)).record("jnew", 2, 60, resubmitted_from=job_id)
+    attempts = AttemptStore(redis.Redis.from_url(broker_url))
+    attempts.record("jnew", 2, 60, resubmitted_from=job_id)
+    attempts.record("jnewer", 3, 60, resubmitted_from="jnew")
     text = words(client.get(f"/jobs/{job_id}").text)
     first, second = text.index(" callback "), text.index(" reconcile ")
     assert first < second
     assert "3 s after it ended" in text and "15 min after it ended" in text
-    assert 'href="/jobs/jnew"' in client.get(f"/jobs/{job_id}").text
+    assert "Resubmitted as jnew, then jnewer." in text
+    assert 'href="/jobs/jnewer"' in client.get(f"/jobs/{job_id}").text
+    assert "Run 3 of this job (a resubmission)." in words(client.get("/jobs/jnewer").text)
 
 
 def test_dead_letters_are_grouped_and_each_shows_its_bytes_with_a_download(
