@@ -97,7 +97,7 @@ def test_find_a_job_see_its_route_replay_and_purge_a_dead_letter(
     page.goto(f"{url}/dead-letters")
     expect(page).to_have_url(f"{url}/signin")
     page.fill("#token", "not-the-token")
-    page.click("text=Sign in >> nth=-1")
+    page.click("button:has-text('Sign in')")
     expect(page.get_by_role("alert")).to_have_text("Wrong token.")
     shoot(page, "signin")
     page.fill("#token", CONSOLE_TOKEN)
