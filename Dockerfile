@@ -5,5 +5,5 @@ COPY pipeline ./pipeline
 COPY workers ./workers
 RUN pip install --no-cache-dir . && useradd --create-home cicb
 USER cicb
-EXPOSE 8080 5555
+EXPOSE 8080 8081 5555
 CMD ["cicb", "receiver"]

@@ -196,6 +196,10 @@ class Filters:
     state: str | None = None
     job_id: str | None = None
     outcome: str | None = None
+    # The console's search box: a job or run id of one of the body's events, or its request id.
+    any_id: str | None = None
+    # Where the body came from: callback, reconcile or replay.
+    source: str | None = None
 
     def any(self) -> bool:
         return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
@@ -221,6 +225,12 @@ class Filters:
             return False
         if self.until is not None and entry.received_at > self.until:
             return False
+        if self.source is not None and _folded(entry.source) != _folded(self.source):
+            return False
+        if self.any_id is not None and entry.request_id != self.any_id:
+            ids = {i for e in entry.events for i in (e.get("job_id"), e.get("run_id"))}
+            if self.any_id not in ids:
+                return False
         if self.outcome is not None:
             wanted = _folded(self.outcome)
             outcomes = [entry.outcome, *(e.get("outcome") for e in entry.events)]
@@ -230,6 +240,24 @@ class Filters:
         if all(v is None for v in per_event):
             return True
         return any(self._event_matches(e) for e in entry.events)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of matches, newest first. ``next_before`` continues the search past what
+    was read (None: nothing older is left); ``scanned`` says how many entries were read."""
+
+    entries: list[ArchiveEntry]
+    next_before: str | None
+    scanned: int
+
+
+def _stream_id(text: str) -> str:
+    """``text`` if it is a stream id (``<ms>-<seq>``); raises ``ValueError``."""
+    ms, sep, seq = text.partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not an archive id: {text!r}")
+    return text
 
 
 class Archive:
@@ -371,6 +399,44 @@ class Archive:
             if len(found) >= limit:
                 break
         return found
+
+    def page(
+        self,
+        filters: Filters | None = None,
+        *,
+        limit: int,
+        before: str | None = None,
+        max_scanned: int,
+    ) -> Page:
+        """Up to ``limit`` entries matching ``filters``, newest first, older than the entry
+        id ``before``; reading at most ``max_scanned`` entries, so a search that matches
+        little stops early with ``next_before`` to go on from. Raises ``ValueError`` for a
+        ``before`` that is not a stream id, ``redis.RedisError``."""
+        filters = filters or Filters()
+        high = "+" if before is None else f"({_stream_id(before)}"
+        low = f"{self._floor_ms(filters.since)}-0"
+        found: list[ArchiveEntry] = []
+        scanned, last = 0, None
+        while scanned < max_scanned:
+            count = min(self._page_size, max_scanned - scanned)
+            raw = self._redis.xrevrange(self.key, high, low, count=count)
+            batch = cast(list[tuple[bytes, dict[bytes, bytes]]], raw)
+            for entry_id, fields in batch:
+                scanned += 1
+                last = entry_id.decode()
+                try:
+                    entry = ArchiveEntry.from_stream(entry_id, fields)
+                except PermanentError as exc:
+                    log.warning("archive.unreadable_entry", error=str(exc))
+                    continue
+                if self._visible(entry.id) and filters.matches(entry):
+                    found.append(entry)
+                    if len(found) >= limit:
+                        return Page(found, last, scanned)
+            if len(batch) < count:
+                return Page(found, None, scanned)
+            high = f"({last}"
+        return Page(found, last, scanned)
 
     def get(self, entry_id: str) -> ArchiveEntry:
         """One entry by id; raises ``NotArchived`` (also for an id that is not one)."""

@@ -1,9 +1,9 @@
 """The processes of a cicb deployment, as ``cicb up`` runs them under honcho.
 
 The same commands are in the ``Procfile`` and ``docker-compose.yml``: receiver, worker, beat
-(the one process that schedules reconcile passes: run one per deployment) and Flower.
-``cicb up`` adds the embedded broker when no ``CICB_BROKER_URL`` is set, and makes the
-receiver's token when none is set.
+(the one process that schedules reconcile passes: run one per deployment), Flower and the
+console. ``cicb up`` adds the embedded broker when no ``CICB_BROKER_URL`` is set, and makes
+the receiver's and the console's tokens when they are not set.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ WORKER_COMMAND = f"celery -A workers.app worker -Q {INGEST_QUEUE},{ACTIONS_QUEUE
 BEAT_COMMAND = "celery -A workers.app beat --loglevel INFO"
 FLOWER_COMMAND = "celery -A workers.app flower"
 RECEIVER_COMMAND = "cicb receiver"
+CONSOLE_COMMAND = "cicb console"
 
 
 def _python(command: str) -> str:
@@ -69,16 +70,24 @@ def commands(settings: Settings) -> dict[str, str]:
     procs["flower"] = _python(
         f"{FLOWER_COMMAND} --address={settings.flower_host} --port={settings.flower_port}"
     )
+    procs["console"] = _python(CONSOLE_COMMAND)
     return procs
 
 
 def ensure_token(settings: Settings) -> str:
     """The receiver's token: the configured one, the kept one, or a new one kept in the data dir."""
-    token = settings.effective_token()
-    if token:
-        return token
+    return settings.effective_token() or _new_token(settings.token_file)
+
+
+def ensure_console_token(settings: Settings) -> str:
+    """The console's token: the configured one, the kept one, or a new one kept in the data
+    dir (``console-token``)."""
+    return settings.effective_console_token() or _new_token(settings.console_token_file)
+
+
+def _new_token(path: Path) -> str:
+    """A new random token, written to ``path`` (readable by its owner only)."""
     token = secrets.token_urlsafe(32)
-    path: Path = settings.token_file
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(token + "\n")

@@ -173,6 +173,11 @@ class Settings:
     # Flower.
     flower_host: str = setting("FLOWER_HOST", default=DEFAULT_HOST, parse=text)
     flower_port: int = setting("FLOWER_PORT", default=5555, parse=integer)
+    # Console.
+    console_host: str = setting("CONSOLE_HOST", default=DEFAULT_HOST, parse=text)
+    console_port: int = setting("CONSOLE_PORT", default=8081, parse=integer)
+    console_token: str | None = setting("CONSOLE_TOKEN", default=None, parse=verbatim, secret=True)
+    console_scan_limit: int = setting("CONSOLE_SCAN_LIMIT", default=10_000, parse=integer)
     # Embedded broker and data.
     embedded_broker_port: int = setting(
         "EMBEDDED_BROKER_PORT", default=DEFAULT_EMBEDDED_BROKER_PORT, parse=integer
@@ -203,6 +208,8 @@ class Settings:
         for name in ("reconcile_interval_s", "reconcile_grace_s", "archive_retention_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"CICB_{name.upper()} must be 0 or more")
+        if self.console_scan_limit < 1:
+            raise ConfigError("CICB_CONSOLE_SCAN_LIMIT must be at least 1")
         if self.archive_max_entries < 0:
             raise ConfigError("CICB_ARCHIVE_MAX_ENTRIES must be 0 or more")
         for queue in self.reconcile_queues:
@@ -226,6 +233,19 @@ class Settings:
     @property
     def token_file(self) -> Path:
         return self.data_dir / "token"
+
+    @property
+    def console_token_file(self) -> Path:
+        return self.data_dir / "console-token"
+
+    def effective_console_token(self) -> str | None:
+        """The console's token: ``CICB_CONSOLE_TOKEN``, else the one ``cicb up`` kept."""
+        if self.console_token:
+            return self.console_token
+        try:
+            return self.console_token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     @property
     def callback_url(self) -> str:

@@ -35,6 +35,21 @@ ALLOWED = {
         "pipeline.actions.cos",
         "pipeline.guard",
     ),
+    # The console reads what the other parts keep and acts on dead letters as the CLI does;
+    # nothing imports it back.
+    "pipeline.console": (
+        "pipeline.errors",
+        "pipeline.logs",
+        "pipeline.settings",
+        "pipeline.parsing",
+        "pipeline.routing",
+        "pipeline.archive",
+        "pipeline.brokers",
+        "pipeline.reconcile.store",
+        "pipeline.actions.resubmit",
+        "pipeline.receiver.access",
+        "pipeline.cli.common",
+    ),
     "pipeline.receiver": (
         "pipeline.errors",
         "pipeline.logs",

@@ -11,6 +11,8 @@ messages and works the same on RabbitMQ.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,6 +73,15 @@ class DeadLetter:
         }
 
 
+def _from_redis(raw: bytes) -> DeadLetter:
+    """A dead letter as kombu's Redis transport keeps it in the queue's list."""
+    message = json.loads(raw)
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return DeadLetter.from_json(json.loads(body))
+
+
 class NotFound(PermanentError):
     def __init__(self, dead_letter_id: str) -> None:
         self.dead_letter_id = dead_letter_id
@@ -103,19 +114,65 @@ class DeadLetterQueue:
             )
 
     @contextmanager
-    def _held(self) -> Iterator[list[tuple[DeadLetter, Message]]]:
+    def _held(self, limit: int | None = None) -> Iterator[list[tuple[DeadLetter, Message]]]:
+        """Every dead letter (at most ``limit``), delivered and not acknowledged: those left
+        unacknowledged go back to the queue at the end."""
         with self._connect() as conn:
             bound = queue(DEAD_LETTER_QUEUE)(conn.default_channel)
             bound.declare()
             held: list[tuple[DeadLetter, Message]] = []
             try:
-                while (message := bound.get(no_ack=False)) is not None:
+                while (limit is None or len(held) < limit) and (
+                    message := bound.get(no_ack=False)
+                ) is not None:
                     held.append((DeadLetter.from_json(message.decode()), message))
                 yield held
             finally:
                 for _, message in held:
                     if not message.acknowledged:
                         message.requeue()
+
+    def peek(self, limit: int) -> tuple[list[DeadLetter], int]:
+        """The oldest ``limit`` dead letters and how many there are in all, leaving the
+        queue as it was. On Redis the list is read in place; other brokers deliver the first
+        ``limit`` and take them back."""
+        with self._connect() as conn:
+            channel = conn.default_channel
+            bound = queue(DEAD_LETTER_QUEUE)(channel)
+            total = int(bound.queue_declare().message_count)
+            if conn.transport.driver_type == "redis":
+                # kombu pushes on the left and pops on the right: the oldest is at the right.
+                raw = channel.client.lrange(DEAD_LETTER_QUEUE, -limit, -1) if limit > 0 else []
+                return [_from_redis(m) for m in reversed(raw)], total
+        with self._held(limit) as held:
+            return [letter for letter, _ in held], total
+
+    def replay_some(
+        self, resend: Callable[[DeadLetter], None], select: Callable[[DeadLetter], bool], limit: int
+    ) -> int:
+        """Send back the dead letters ``select`` picks among the oldest ``limit``; return how
+        many. Each leaves the queue only once ``resend`` has returned for it, and the others
+        keep their place."""
+        replayed = 0
+        with self._connect() as conn:
+            channel = conn.default_channel
+            if conn.transport.driver_type == "redis":
+                queue(DEAD_LETTER_QUEUE)(channel).declare()
+                raw = channel.client.lrange(DEAD_LETTER_QUEUE, -limit, -1) if limit > 0 else []
+                for message in reversed(raw):
+                    letter = _from_redis(message)
+                    if select(letter):
+                        resend(letter)
+                        # From the right, where the oldest are: the one just read.
+                        replayed += int(channel.client.lrem(DEAD_LETTER_QUEUE, -1, message) > 0)
+                return replayed
+        with self._held(limit) as held:
+            for letter, message in held:
+                if select(letter):
+                    resend(letter)
+                    message.ack()
+                    replayed += 1
+        return replayed
 
     def entries(self) -> list[DeadLetter]:
         with self._held() as held:

@@ -12,6 +12,7 @@ import click
 
 from pipeline import logs
 from pipeline.cli import archive, callbacks, dlq, run
+from pipeline.cli.console import console as console_command
 from pipeline.cli.reconcile import beat as beat_command
 from pipeline.cli.reconcile import reconcile as reconcile_command
 from pipeline.errors import PipelineError
@@ -42,3 +43,4 @@ main.add_command(reconcile_command)
 main.add_command(beat_command)
 main.add_command(archive.archive)
 main.add_command(archive.replay)
+main.add_command(console_command)

@@ -19,18 +19,29 @@ STOP_SIGNAL_CODES = (130, 143)  # honcho's exit codes after SIGINT or SIGTERM
 
 @click.command()
 def up() -> None:
-    """Run everything here: embedded broker (unless CICB_BROKER_URL), receiver, worker, Flower."""
+    """Run everything here: embedded broker (unless CICB_BROKER_URL), receiver, worker, beat,
+    Flower, console."""
     from honcho.manager import Manager
 
     settings = settings_or_exit()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     token = processes.ensure_token(settings)
-    env = {**os.environ, "CICB_RECEIVER_TOKEN": token, "CICB_BROKER_URL": settings.broker_url}
+    console_token = processes.ensure_console_token(settings)
+    env = {
+        **os.environ,
+        "CICB_RECEIVER_TOKEN": token,
+        "CICB_CONSOLE_TOKEN": console_token,
+        "CICB_BROKER_URL": settings.broker_url,
+    }
     manager = Manager()
     for name, command in processes.commands(settings).items():
         manager.add_process(name, command, env=env)
     click.echo(f"callback URL: {settings.callback_url}?token={token}")
     click.echo(f"Flower:       http://{settings.flower_host}:{settings.flower_port}/")
+    click.echo(
+        f"console:      http://{settings.console_host}:{settings.console_port}/"
+        f"  (sign in with {console_token})"
+    )
     receiver_metrics = f"http://{settings.receiver_host}:{settings.receiver_port}/metrics"
     click.echo(f"metrics:      {receiver_metrics} (receiver, queues)")
     if settings.worker_metrics_port:

@@ -127,6 +127,7 @@ class Reconciler:
                 log.info("reconcile.busy", reason="another pass is listing this target")
                 return report
             self._run(target, report, lock)
+        self.store.record_pass(target.name, report.summary(), at=self.now)
         return report
 
     def reconcile_all(self, targets: Iterable[Target]) -> list[Report]:

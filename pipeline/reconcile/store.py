@@ -11,16 +11,19 @@ the jobs it already sent, its error counts.
 - ``cicb:reconcile:sent:<dedup key>``: a job the reconciler already put on ``ingest``, kept
   for the retention, so a job is sent once even while its message waits in the queue.
 - ``cicb:reconcile:errors`` (hash): refused passes, by target and in ``total``.
+- ``cicb:reconcile:passes`` (hash): per target, what its last pass did and when (JSON), for
+  the console's overview.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import redis
 
@@ -32,6 +35,7 @@ from pipeline.parsing.events import Event, JobEvent, WorkflowEvent
 TARGETS_KEY: Final = PREFIX + "reconcile:targets"
 CHECKPOINTS_KEY: Final = PREFIX + "reconcile:checkpoints"
 ERRORS_KEY: Final = PREFIX + "reconcile:errors"
+PASSES_KEY: Final = PREFIX + "reconcile:passes"
 LOCK_PREFIX: Final = PREFIX + "reconcile:lock:"
 SENT_PREFIX: Final = PREFIX + "reconcile:sent:"
 DEDUP_PREFIX: Final = PREFIX + "dedup:"
@@ -228,3 +232,22 @@ class ReconcileStore:
     def errors(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self._redis.hgetall(ERRORS_KEY))
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    # -- last passes --------------------------------------------------------------------------
+
+    def record_pass(self, target: str, summary: dict[str, Any], *, at: datetime) -> None:
+        """Keep what the last pass on ``target`` did; lost to Redis, it is logged."""
+        record = {**summary, "at": at.isoformat()}
+        try:
+            self._redis.hset(PASSES_KEY, target, json.dumps(record))
+        except redis.RedisError as exc:
+            log.warning("reconcile.pass_not_recorded", target=target, error=str(exc))
+
+    def last_passes(self, limit: int) -> list[dict[str, Any]]:
+        """The last pass of each target, the most recent first, at most ``limit``."""
+        found: list[dict[str, Any]] = []
+        for _, raw in self._redis.hscan_iter(PASSES_KEY, count=limit):
+            found.append(json.loads(raw))
+            if len(found) >= limit:
+                break
+        return sorted(found, key=lambda p: str(p.get("at")), reverse=True)

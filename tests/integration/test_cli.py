@@ -41,11 +41,18 @@ def test_help_lists_every_command(env: dict[str, str]) -> None:
         *("up", "receiver", "worker", "send", "parse", "routes", "dlq"),
         *("archive", "replay"),
         *("reconcile", "beat"),
+        "console",
     }
     dlq = run_cli("dlq", "--help", env=env).stdout
     assert commands_listed(dlq) == {"list", "show", "replay", "purge"}
     archive = run_cli("archive", "--help", env=env).stdout
     assert commands_listed(archive) == {"list", "show", "export"}
+
+
+def test_the_console_will_not_start_without_a_token(env: dict[str, str], tmp_path: Path) -> None:
+    done = run_cli("console", env={**env, "CICB_DATA_DIR": str(tmp_path)}, check=False)
+    assert done.returncode == 2
+    assert "set CICB_CONSOLE_TOKEN (or run cicb up, which makes one)" in done.stderr
 
 
 def test_parse_prints_the_event_and_refuses_garbage(env: dict[str, str], tmp_path: Path) -> None:

@@ -16,7 +16,13 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.processes import BEAT_COMMAND, FLOWER_COMMAND, RECEIVER_COMMAND, WORKER_COMMAND
+from pipeline.processes import (
+    BEAT_COMMAND,
+    CONSOLE_COMMAND,
+    FLOWER_COMMAND,
+    RECEIVER_COMMAND,
+    WORKER_COMMAND,
+)
 from tests.support import (
     ROOT,
     SAMPLES,
@@ -44,6 +50,7 @@ def test_procfile_has_the_processes_of_cicb_up() -> None:
     assert procs["worker"] == WORKER_COMMAND
     assert procs["beat"] == BEAT_COMMAND
     assert procs["flower"].startswith(FLOWER_COMMAND)
+    assert procs["console"] == CONSOLE_COMMAND
 
 
 def test_honcho_start_runs_the_procfile(broker_url: str, target: Target, tmp_path: Path) -> None:
@@ -53,6 +60,8 @@ def test_honcho_start_runs_the_procfile(broker_url: str, target: Target, tmp_pat
         CICB_NOTIFY_URLS=target.url,
         CICB_RECEIVER_PORT=str(receiver_port),
         CICB_FLOWER_PORT=str(flower_port),
+        CICB_CONSOLE_PORT=str(free_port()),
+        CICB_CONSOLE_TOKEN="console-test-token",
         PATH=f"{Path(sys.executable).parent}:{cicb_env(broker_url)['PATH']}",
     )
     honcho = Process([sys.executable, "-m", "honcho", "start"], env, tmp_path / "honcho.log")
@@ -83,7 +92,7 @@ def test_docker_compose_file_is_valid() -> None:
     )
     done = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
-        env={"CICB_RECEIVER_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
+        env={"CICB_RECEIVER_TOKEN": TOKEN, "CICB_CONSOLE_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         cwd=ROOT,

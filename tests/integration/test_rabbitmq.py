@@ -9,6 +9,8 @@ still live in Redis (``CICB_REDIS_URL``, the session's Valkey here). These tests
   a callback sent twice is notified once;
 - a malformed body is dead-lettered on RabbitMQ and ``cicb dlq`` lists it, shows its raw bytes
   and the reason, replays it and purges it;
+- the console's bounded reads of the dead letters work there too: the oldest read and given
+  back in order, one group replayed while the others stay;
 - a callback answered 200 survives RabbitMQ dying at once (killed, not stopped); while it is
   down the receiver answers 503 quickly (and ``/readyz`` too), and once it is back the
   receiver takes callbacks again without a restart.
@@ -37,7 +39,15 @@ import httpx
 import pytest
 from kombu import Connection
 
-from pipeline.brokers.queues import ACTIONS_QUEUE, DEAD_LETTER_QUEUE, INGEST_QUEUE, queue
+from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
+from pipeline.brokers.queues import (
+    ACTIONS_QUEUE,
+    DEAD_LETTER_QUEUE,
+    INGEST_QUEUE,
+    connection,
+    queue,
+)
+from pipeline.settings import Settings
 from tests.support import (
     CICB,
     SAMPLES,
@@ -275,6 +285,31 @@ def test_a_malformed_body_is_dead_lettered_on_rabbitmq_with_its_bytes(
     assert "purged 1" in stack.cli("dlq", "purge", "--yes").stdout
     assert stack.dead_letters() == []
     assert target.received == []
+
+
+def test_the_consoles_bounded_dead_letter_reads_keep_the_queue_on_rabbitmq(amqp_url: str) -> None:
+    dead = DeadLetterQueue(lambda: connection(Settings(broker_url=amqp_url)))
+    letters = [
+        DeadLetter(
+            task="a" if n % 2 else "b",
+            queue=ACTIONS_QUEUE,
+            args=[{"job_id": f"j{n}"}],
+            kwargs={},
+            error="E",
+            reason="r",
+            attempts=1,
+        )
+        for n in range(5)
+    ]
+    for letter in letters:
+        dead.put(letter)
+    peeked, total = dead.peek(2)
+    assert ([d.id for d in peeked], total) == ([letters[0].id, letters[1].id], 5)
+    assert [d.id for d in dead.entries()] == [d.id for d in letters]
+    sent: list[str] = []
+    count = dead.replay_some(lambda d: sent.append(d.id), lambda d: d.task == "a", limit=3)
+    assert (count, sent) == (1, [letters[1].id])
+    assert sorted(d.id for d in dead.entries()) == sorted(letters[n].id for n in (0, 2, 3, 4))
 
 
 def test_a_rabbitmq_crash_loses_no_accepted_callback_and_meanwhile_the_receiver_answers_503(

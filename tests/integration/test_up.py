@@ -1,4 +1,4 @@
-"""``cicb up`` as ``make run`` uses it: embedded broker, receiver, worker and Flower."""
+"""``cicb up`` as ``make run`` uses it: embedded broker, receiver, worker, Flower, console."""
 
 from __future__ import annotations
 
@@ -35,12 +35,15 @@ def port_open(port: int) -> bool:
 def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
     tmp_path: Path, target: Target
 ) -> None:
-    ports = {name: free_port() for name in ("broker", "receiver", "flower", "worker_metrics")}
+    ports = {
+        name: free_port() for name in ("broker", "receiver", "flower", "console", "worker_metrics")
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("CICB_")}
     env.update(
         CICB_EMBEDDED_BROKER_PORT=str(ports["broker"]),
         CICB_RECEIVER_PORT=str(ports["receiver"]),
         CICB_FLOWER_PORT=str(ports["flower"]),
+        CICB_CONSOLE_PORT=str(ports["console"]),
         CICB_WORKER_METRICS_PORT=str(ports["worker_metrics"]),
         CICB_NOTIFY_URLS=target.url,
         FLOWER_UNAUTHENTICATED_API="true",
@@ -67,6 +70,12 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
     try:
         token = (tmp_path / ".cicb" / "token").read_text().strip()
         assert f"{receiver}/callbacks?token={token}" in up.log()
+        # The console's URL, with the token cicb up made and kept for it.
+        console_token = (tmp_path / ".cicb" / "console-token").read_text().strip()
+        console = f"http://127.0.0.1:{ports['console']}/"
+        assert f"{console}  (sign in with {console_token})" in up.log()
+        signin = wait_until(lambda: httpx.get(f"{console}signin"), what="console up")
+        assert signin.status_code == 200
 
         sent = run_cli("send", str(SAMPLES / "tts_success.xml"), env=env, cwd=tmp_path)
         assert ": 200 " in sent.stdout
@@ -107,6 +116,7 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
     up = start(2)
     try:
         assert (tmp_path / ".cicb" / "token").read_text().strip() == token
+        assert (tmp_path / ".cicb" / "console-token").read_text().strip() == console_token
         assert listed()["count"] == 1  # the broker's append-only file kept the dead letter
     finally:
         up.stop(signal.SIGINT)

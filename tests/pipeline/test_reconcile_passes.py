@@ -337,6 +337,21 @@ def test_a_refused_queue_is_counted_and_the_others_still_reconciled(
     assert store.errors() == {refused.name: 1, "total": 1}
 
 
+def test_each_targets_last_pass_is_kept_for_the_console_and_a_dry_run_is_not(
+    ci: CiServer, store: ReconcileStore
+) -> None:
+    ci.jobs[BUCKET] = [job("jlost", "Success", ago_s=3000)]
+    ci.refusals["q0"] = ci_error(403, "AccessDenied", "Access Denied.")
+    refused = QueueTarget(BUCKET, REGION, "q0", ("Transcode",))
+    reconciler(ci, store, Sent(), dry_run=True).reconcile(QUEUE)
+    assert store.last_passes(10) == []
+    reconciler(ci, store, Sent()).reconcile_all([refused, QUEUE])
+    passes = {p["target"]: p for p in store.last_passes(10)}
+    assert passes[QUEUE.name]["found"] == 1 and passes[QUEUE.name]["error"] is None
+    assert "AccessDenied" in passes[refused.name]["error"]
+    assert {p["at"] for p in passes.values()} == {NOW.isoformat()}
+
+
 def test_a_passing_failure_is_raised_for_a_retry_and_nothing_is_marked_sent(
     ci: CiServer, store: ReconcileStore
 ) -> None:

@@ -36,6 +36,7 @@ def test_only_the_secrets_are_marked_secret() -> None:
         "notify_secret",
         "cos_secret_id",
         "cos_secret_key",
+        "console_token",
     }
 
 
