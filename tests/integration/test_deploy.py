@@ -163,7 +163,7 @@ def compose_config() -> dict[str, Any]:
     )
     done = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
-        env={"CICB_RECEIVER_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
+        env={"CICB_RECEIVER_TOKEN": TOKEN, "CICB_CONSOLE_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         cwd=ROOT,
