@@ -197,10 +197,14 @@ class Tier:
 @pytest.fixture(scope="session")
 def tier_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     from celery.contrib.testing.worker import start_worker
+    from celery.signals import before_task_publish
 
     # workers read their settings when imported: imported before this, they would hold
     # another environment's.
     assert "workers.app" not in sys.modules, "workers.app was imported before the worker tier"
+    # A publisher an earlier test made records every message this process publishes in that
+    # test's Redis (once per process): the tier's worker records its own in the tier's.
+    before_task_publish.disconnect(dispatch_uid="cicb.inflight")
     broker = Broker(tmp_path_factory.mktemp("tier-valkey"), persistent=False)
     broker.start()
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
