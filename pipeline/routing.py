@@ -41,6 +41,12 @@ class Routable(Protocol):
     def state(self) -> str: ...
 
 
+class Explainable(Routable, Protocol):
+    """An event whose route can be explained: its ids come from its JSON form."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 def _names(value: object, what: str) -> tuple[str, ...]:
     """One string or a list of strings, as a tuple; anything else is a ``ConfigError``."""
     values = (value,) if isinstance(value, str) else value
@@ -128,6 +134,20 @@ class RouteTable:
 
     def task_names(self) -> set[str]:
         return {name for r in self.routes for name in r.chain}
+
+    def explain(self, event: Explainable) -> dict[str, Any]:
+        """Which route and chain ``event`` takes (``cicb routes explain``, the console)."""
+        route = self.resolve(event)
+        data = event.to_dict()
+        return {
+            "event": event.event,
+            "job_id": data.get("job_id"),
+            "run_id": data.get("run_id"),
+            "tag": event.tag,
+            "state": event.state,
+            "route": route.name if route else None,
+            "chain": list(route.chain) if route else [],
+        }
 
 
 T = TypeVar("T")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import httpx
@@ -110,21 +109,7 @@ def routes(ctx: click.Context, as_json: bool) -> None:
 def explain(file: Path, as_json: bool) -> None:
     """Say which route, and which chain of tasks, each event in FILE would take."""
     table = _table(settings_or_exit())
-    answers: list[dict[str, Any]] = []
-    for event in read_events(file):
-        route = table.resolve(event)
-        data = event.to_dict()
-        answers.append(
-            {
-                "event": event.event,
-                "job_id": data.get("job_id"),
-                "run_id": data.get("run_id"),
-                "tag": event.tag,
-                "state": event.state,
-                "route": route.name if route else None,
-                "chain": list(route.chain) if route else [],
-            }
-        )
+    answers = [table.explain(event) for event in read_events(file)]
     if as_json:
         print_json(one_or_many(answers))
         return

@@ -316,22 +316,7 @@ class Queries:
     def explain(self, body: bytes) -> list[dict[str, Any]]:
         """Which route and chain each event of ``body`` takes, as ``cicb routes explain``;
         raises ``PipelineError`` (``ParseError``) for a body that is not a callback."""
-        answers = []
-        for event in parse(body):
-            route = self.table.resolve(event)
-            data = event.to_dict()
-            answers.append(
-                {
-                    "event": event.event,
-                    "job_id": data.get("job_id"),
-                    "run_id": data.get("run_id"),
-                    "tag": event.tag,
-                    "state": event.state,
-                    "route": route.name if route else None,
-                    "chain": list(route.chain) if route else [],
-                }
-            )
-        return answers
+        return [self.table.explain(event) for event in parse(body)]
 
 
 def utcnow() -> datetime:
