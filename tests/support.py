@@ -5,6 +5,7 @@ stack."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -12,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,3 +378,29 @@ def deploy_metric_names() -> set[str]:
     expressions += [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
     name = re.compile(r"\b(cicb_\w+|up)(?=[{\[),\s]|$)")
     return {found for expr in expressions for found in name.findall(expr)}
+
+
+class Lines(logging.Handler):
+    """The structlog event dicts a logger logs (``logged``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(dict(record.msg) if isinstance(record.msg, dict) else {})
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event]
+
+
+@contextmanager
+def logged(logger_name: str) -> Iterator[Lines]:
+    """What the logger ``logger_name`` logs while the block runs."""
+    handler = Lines()
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)

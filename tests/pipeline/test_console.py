@@ -4,7 +4,6 @@ CSRF, and what each page shows."""
 from __future__ import annotations
 
 import html
-import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pipeline.parsing import parse
 from pipeline.parsing.events import JobEvent
 from pipeline.reconcile.store import ReconcileStore
 from pipeline.settings import Settings
-from tests.support import SAMPLES, free_port
+from tests.support import SAMPLES, Lines, free_port, logged
 
 with warnings.catch_warnings():
     # Starlette 1 asks for httpx2 over httpx; the client works the same with httpx.
@@ -37,27 +36,10 @@ CONSOLE_TOKEN = "console-token-0123456789"
 TTS_JOB = "j707f4864f86811ecb90d0b03267ce0e5"
 
 
-class Lines(logging.Handler):
-    """The structlog event dicts the console logs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.events.append(dict(record.msg) if isinstance(record.msg, dict) else {})
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == event]
-
-
 @pytest.fixture
 def lines() -> Iterator[Lines]:
-    handler = Lines()
-    logger = logging.getLogger("cicb.console")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+    with logged("cicb.console") as handler:
+        yield handler
 
 
 @pytest.fixture

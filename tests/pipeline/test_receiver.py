@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import random
 import time
@@ -22,6 +21,7 @@ from pipeline.receiver import app as receiver
 from pipeline.receiver.access import LogThrottle
 from pipeline.receiver.app import create_app
 from pipeline.settings import Settings
+from tests.support import Lines, logged
 
 TOKEN = "t0k3n"
 LIMIT = 1024
@@ -386,27 +386,10 @@ def test_x_real_ip_as_the_proxy_header(tmp_path: Path, fake: FakeEnqueuer) -> No
 # -- what is logged -------------------------------------------------------------------------
 
 
-class Lines(logging.Handler):
-    """The structlog event dicts the receiver logs, and their text."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.events.append(dict(record.msg) if isinstance(record.msg, dict) else {})
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == event]
-
-
 @pytest.fixture
 def lines() -> Iterator[Lines]:
-    handler = Lines()
-    logger = logging.getLogger("cicb.receiver")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+    with logged("cicb.receiver") as handler:
+        yield handler
 
 
 def test_a_refusal_is_logged_with_address_and_id_never_the_token(
