@@ -48,7 +48,7 @@ ALLOWED = {
         "pipeline.reconcile.store",
         "pipeline.actions.resubmit",
         "pipeline.receiver.access",
-        "pipeline.cli.common",
+        "pipeline.times",
     ),
     "pipeline.receiver": (
         "pipeline.errors",

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.archive import Filters
 from pipeline.brokers.deadletters import DeadLetter
-from pipeline.cli.common import parse_time
+from pipeline.times import parse_time
 
 
 class BadInput(Exception):

@@ -23,8 +23,8 @@ from pipeline.archive import (
     overall_outcome,
 )
 from pipeline.brokers.envelope import Envelope
-from pipeline.cli.common import parse_duration, parse_time
 from pipeline.routing import Route, RouteTable
+from pipeline.times import parse_duration, parse_time
 from tests.support import free_port
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "tts_success.xml"
