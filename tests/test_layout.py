@@ -47,7 +47,7 @@ ALLOWED = {
         "pipeline.brokers",
         "pipeline.reconcile.store",
         "pipeline.actions.resubmit",
-        "pipeline.receiver.access",
+        "pipeline.logguard",
         "pipeline.times",
     ),
     "pipeline.receiver": (
@@ -56,6 +56,7 @@ ALLOWED = {
         "pipeline.settings",
         "pipeline.brokers",
         "pipeline.metrics",
+        "pipeline.logguard",
     ),
 }
 

@@ -31,7 +31,7 @@ from pipeline.console.queries import duration
 from pipeline.console.state import HERE, Console, queries_of
 from pipeline.console.web import Refused
 from pipeline.errors import BrokerUnavailable, ConfigError
-from pipeline.receiver.access import secret_redactor
+from pipeline.logguard import secret_redactor
 from pipeline.settings import Settings, get_settings
 
 

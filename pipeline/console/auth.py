@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pipeline import logs
-from pipeline.receiver.access import LogThrottle
+from pipeline.logguard import LogThrottle
 
 COOKIE: Final = "cicb_console"
 SESSION_TTL_S: Final = 12 * 3600

@@ -32,15 +32,9 @@ from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.publishing import Enqueuer
 from pipeline.errors import BrokerUnavailable, ConfigError
+from pipeline.logguard import LogThrottle, ThrottleFilter, secret_redactor
 from pipeline.metrics import ReceiverMetrics, served_registry
-from pipeline.receiver.access import (
-    AddressFilter,
-    LogThrottle,
-    ThrottleFilter,
-    TokenCheck,
-    client_address,
-    secret_redactor,
-)
+from pipeline.receiver.access import AddressFilter, TokenCheck, client_address
 from pipeline.settings import Settings, get_settings
 
 TOKEN_HEADER = "X-Callback-Token"

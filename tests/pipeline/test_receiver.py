@@ -17,8 +17,8 @@ from starlette.applications import Starlette
 
 from pipeline.brokers.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ConfigError
+from pipeline.logguard import LogThrottle
 from pipeline.receiver import app as receiver
-from pipeline.receiver.access import LogThrottle
 from pipeline.receiver.app import create_app
 from pipeline.settings import Settings
 from tests.support import Lines, logged
