@@ -7,13 +7,15 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import redis
 from celery import chain
+from kombu.exceptions import OperationalError
 
 from pipeline import logs
 from pipeline.archive import DEAD_LETTERED, dead_lettered_outcomes
 from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.queues import INGEST_TASK
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import BrokerUnavailable, ConfigError, PipelineError
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.parsing.events import SOURCE_CALLBACK, Event
 from pipeline.routing import Route, RouteTable, table_for
@@ -65,7 +67,12 @@ def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: date
         )
         for i, name in enumerate(route.chain)
     ]
-    chain(*steps).apply_async()
+    try:
+        chain(*steps).apply_async()
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        # The broker went away (kombu's own retries used up): retried like any passing
+        # failure, with the deduplication key given back (pipeline.ingest), not dead-lettered.
+        raise BrokerUnavailable(f"route {route.name!r} not started: {exc}") from exc
 
 
 class IngestTask(PipelineTask):

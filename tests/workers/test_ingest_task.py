@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 
+import pytest
 from click.testing import CliRunner
+from kombu.exceptions import OperationalError
 
 from pipeline.cli import main as cicb
 from pipeline.routing import Route
@@ -101,3 +103,26 @@ def test_a_callback_whose_route_could_not_start_is_not_a_duplicate_when_replayed
     assert (again.task, again.error) == ("cicb.ingest", "ConfigError")
     tier.idle()
     assert "duplicate" not in counters(tier)
+
+
+def test_a_broker_that_cannot_take_the_route_retries_the_callback_not_dead_letters_it(
+    tier: Tier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.tasks as tasks
+
+    class Refused:
+        def apply_async(self) -> None:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    real_chain, refusals = tasks.chain, [Refused()]
+    monkeypatch.setattr(
+        tasks, "chain", lambda *steps: refusals.pop() if refusals else real_chain(*steps)
+    )
+    tier.ingest(tier.callback("jbrokeraway", tag="Steps"))
+    wait_until(lambda: len(tier.runs()) == 2, what="the route, once the broker is back")
+    tier.idle()
+    assert tier.runs() == ["first:jbrokeraway", "second:jbrokeraway"]
+    assert tier.dead_letters() == []
+    retried = {"task": "cicb.ingest", "outcome": "retried", "error": "BrokerUnavailable"}
+    assert tier.count("cicb_tasks_total", **retried) == 1
+    assert counters(tier) == {"dispatched": 1}
