@@ -26,7 +26,7 @@ Dispatch = Callable[[Route, dict[str, Any], str], None]
 
 
 def ingest(
-    envelope_data: Any,
+    envelope: Envelope,
     *,
     table: RouteTable,
     dispatch: Dispatch,
@@ -39,10 +39,9 @@ def ingest(
     With a ``guard``, an event whose deduplication key is already taken is skipped as a
     duplicate, and ``owner`` (the task id) holds the key while its route starts. ``seen`` is
     called with every event the body holds, duplicates included. Raises
-    ``ParseError`` (or another ``PermanentError``) for a body that is not a callback, and
-    whatever ``dispatch`` raises (``TransientError`` when the broker fails).
+    ``ParseError`` for a body that is not a callback, and whatever ``dispatch`` raises
+    (``TransientError`` when the broker fails).
     """
-    envelope = Envelope.from_json(envelope_data)
     logs.bind(request_id=envelope.request_id)
     outcomes = []
     for event in events_of_envelope(envelope):

@@ -115,7 +115,9 @@ def archive_dead_letter(exc: BaseException, task_id: str, args: Any) -> None:
 def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]:
     """Parse one callback and start its route (``envelope``: ``Envelope.to_json()``)."""
     res = resources()
-    received_at = (received := Envelope.from_json(envelope)).received_at
+    # Raises PermanentError (dead-lettered) for what is not an envelope.
+    received = Envelope.from_json(envelope)
+    received_at = received.received_at
 
     def seen(event: Event) -> None:
         learn(event)  # the queues, Tags and workflows the reconciler lists
@@ -125,7 +127,7 @@ def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]
             worker_metrics().delivery_delay.labels(event.tag or "").observe(max(0.0, delay_s))
 
     outcomes = ingest_envelope(
-        envelope,
+        received,
         table=route_table(),
         dispatch=functools.partial(dispatch, received_at=received_at),
         guard=res.guard,

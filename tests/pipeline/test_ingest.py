@@ -31,14 +31,14 @@ def envelope(
     body: bytes | None = None,
     source: str = "callback",
     scope: str | None = None,
-) -> Any:
+) -> Envelope:
     if body is None:
         body = SAMPLE.read_bytes().replace(SAMPLE_JOB_ID, job_id.encode())
         body = body.replace(b"<State>Success</State>", f"<State>{state}</State>".encode())
     received = Envelope.received_now(
         body, content_type="application/xml", remote_addr="127.0.0.1", request_id="r1"
     )
-    return dataclasses.replace(received, source=source, scope=scope).to_json()
+    return dataclasses.replace(received, source=source, scope=scope)
 
 
 class Dispatcher:

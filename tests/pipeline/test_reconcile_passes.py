@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from pipeline.brokers.envelope import Envelope
 from pipeline.errors import TransientError
 from pipeline.guard import Guard
 from pipeline.ingest import ingest
@@ -257,7 +258,7 @@ def test_the_envelope_takes_a_callback_s_path_and_the_late_callback_is_a_duplica
     table: RouteTable = table_for(Settings())
     dispatched: list[tuple[str, str]] = []
     [outcome] = ingest(
-        sent[0],
+        Envelope.from_json(sent[0]),  # as cicb.ingest reads the message
         table=table,
         dispatch=lambda r, e, k: dispatched.append((r.name, k)),
         guard=guard,
@@ -267,7 +268,9 @@ def test_the_envelope_takes_a_callback_s_path_and_the_late_callback_is_a_duplica
     assert dispatched == [("job-failed", "TaskFinish:jlate:Failed")]
     late = {**sent[0], "body": job_callback(node).decode(), "content_type": "application/xml"}
     del late["source"]
-    [duplicate] = ingest(late, table=table, dispatch=lambda *a: None, guard=guard, owner="t2")
+    [duplicate] = ingest(
+        Envelope.from_json(late), table=table, dispatch=lambda *a: None, guard=guard, owner="t2"
+    )
     assert duplicate["outcome"] == "duplicate"
 
 
