@@ -166,20 +166,20 @@ class Tier:
         """How much the worker's metric sample ``name`` with ``labels`` grew in this test
         (summed over the labels not given)."""
         wanted = set(labels.items())
-
-        def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
-            return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
-
-        return total(self.samples()) - total(self.baseline)
+        grown = self._grown()
+        return sum(v for (n, have), v in grown.items() if n == name and wanted <= have)
 
     def counts(self, name: str, label: str) -> dict[str, float]:
         """What grew in this test of ``name``, by the value of ``label`` (none left at 0)."""
-        grown: dict[str, float] = {}
-        for (sample, labels), _ in self.samples().items():
+        by_value: dict[str, float] = {}
+        for (sample, labels), grew in self._grown().items():
             if sample == name:
                 value = dict(labels)[label]
-                grown[value] = self.count(name, **{label: value})
-        return {k: v for k, v in grown.items() if v}
+                by_value[value] = by_value.get(value, 0.0) + grew
+        return {k: v for k, v in by_value.items() if v}
+
+    def _grown(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {k: v - self.baseline.get(k, 0.0) for k, v in self.samples().items()}
 
     def runs(self) -> list[str]:
         from tests.workers.steps import RUNS_KEY
