@@ -32,10 +32,8 @@ import libcst.matchers as m
 # whose fixture started the session's worker: their mutants run the whole worker tier instead.
 AT_WORKER_START = (
     "workers.resources.xǁResourcesǁbuild",
-    "workers.sweeper.x_keep_messages",
     "workers.sweeper.x_forget_finished",
     "workers.sweeper.xǁSweeperǁ*",
-    "pipeline.brokers.inflight.x_track_publishes",
     # Built once per process (functools.cache), with Resources.build above.
     "workers.resources.x_resources",
 )

@@ -1,16 +1,11 @@
-"""Nothing twice, nothing looping: the promises workers keep with Redis.
+"""One route run per callback: deduplication claims in Redis.
 
-- **One route run per callback.** Before a callback's route starts, its deduplication key
-  (``TaskFinish:<JobId>:<State>``, ``WorkflowFinish:<RunId>:<State>``) is claimed with an
-  atomic ``SET NX``; a second delivery finds it and is skipped. The claim lasts
-  ``DEFAULT_CLAIM_TTL_S`` while the route is being started and ``CICB_DEDUP_TTL_S`` once it
-  has; a failure releases it, so a callback whose processing failed never blocks a later
-  delivery of it.
-- **One completion per task message.** A task that finished records it under its task id;
-  the same message delivered again (its worker died before the ack) is not run again.
-- **A bound on redeliveries.** Each delivery of a message is counted; a message delivered
-  more than ``CICB_MAX_DELIVERIES`` times without finishing (it kills its worker) is
-  dead-lettered instead of looping.
+Before a callback's route starts, its deduplication key (``TaskFinish:<JobId>:<State>``,
+``WorkflowFinish:<RunId>:<State>``) is claimed with an atomic ``SET NX``; a second delivery
+finds it and is skipped. The claim lasts ``DEFAULT_CLAIM_TTL_S`` while the route is being
+started and ``CICB_DEDUP_TTL_S`` once it has; a failure releases it, so a callback whose
+processing failed never blocks a later delivery of it. (Each task message's own run, lease
+and completion are ``pipeline.runs``'.)
 """
 
 from __future__ import annotations
@@ -38,20 +33,14 @@ class GuardUnavailable(TransientError):
 
 
 class Guard:
-    """Deduplication claims, completion records and delivery counts in one Redis."""
+    """Deduplication claims in one Redis."""
 
     def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        dedup_ttl_s: int,
-        max_deliveries: int,
-        claim_ttl_s: int = DEFAULT_CLAIM_TTL_S,
+        self, client: redis.Redis, *, dedup_ttl_s: int, claim_ttl_s: int = DEFAULT_CLAIM_TTL_S
     ) -> None:
         self._redis = client
         self._dedup_ttl_s = dedup_ttl_s
         self._claim_ttl_s = claim_ttl_s
-        self.max_deliveries = max_deliveries
         self._release = client.register_script(_RELEASE)
 
     def claim(self, key: str, *, owner: str) -> bool:
@@ -80,26 +69,3 @@ class Guard:
         # If Redis is away, the claim expires by itself after DEFAULT_CLAIM_TTL_S.
         with contextlib.suppress(redis.RedisError):
             self._release(keys=[PREFIX + "dedup:" + key], args=[CLAIMED + owner])
-
-    def start(self, task_id: str, attempt: int) -> tuple[bool, int]:
-        """A message's task is about to run: has it completed already, and how many times
-        has this message (``attempt``: the task's retry number) been delivered, this one
-        included? One round trip."""
-        deliveries = f"{PREFIX}deliveries:{task_id}:{attempt}"
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.exists(PREFIX + "done:" + task_id)
-            pipe.incr(deliveries)
-            pipe.expire(deliveries, self._dedup_ttl_s)
-            done, count, _ = pipe.execute()
-        except redis.RedisError as exc:
-            raise GuardUnavailable(f"cannot read the deliveries of {task_id}: {exc}") from exc
-        return bool(done), int(count)
-
-    def complete(self, task_id: str, pipe: redis.client.Pipeline) -> None:
-        """Record on ``pipe`` that the task finished, so a redelivery does not run it again.
-
-        Queued with the task's other last writes; if Redis is away when they are sent, at
-        worst a redelivery of this finished message runs it again.
-        """
-        pipe.set(PREFIX + "done:" + task_id, 1, ex=self._dedup_ttl_s)

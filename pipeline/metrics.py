@@ -104,8 +104,8 @@ class WorkerMetrics:
         self.registry = r = CollectorRegistry()
         self.tasks = Counter(
             "cicb_tasks",
-            "Task runs by task, route and outcome (done, retried, dead_lettered, skipped), "
-            "with the error's class.",
+            "Task runs by task, route and outcome (done, retried, dead_lettered, skipped, "
+            "deferred: a copy of a running task, sent back to wait), with the error's class.",
             ["task", "route", "outcome", "error"],
             registry=r,
         )

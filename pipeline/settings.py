@@ -164,6 +164,9 @@ class Settings:
     retry_backoff_s: int = setting("RETRY_BACKOFF_S", default=2, parse=integer)
     retry_backoff_max_s: int = setting("RETRY_BACKOFF_MAX_S", default=600, parse=integer)
     visibility_timeout_s: int = setting("VISIBILITY_TIMEOUT_S", default=7200, parse=integer)
+    # A step runs under a lease (pipeline.runs): its length, and how often it is renewed.
+    step_lease_s: float = setting("STEP_LEASE_S", default=30.0, parse=seconds)
+    step_lease_renew_s: float = setting("STEP_LEASE_RENEW_S", default=5.0, parse=seconds)
     # Worker. No concurrency (or 0) leaves Celery's default, the CPU count.
     prefetch_multiplier: int = setting("PREFETCH_MULTIPLIER", default=8, parse=integer)
     worker_concurrency: int | None = setting("WORKER_CONCURRENCY", default=None, parse=count)
@@ -199,6 +202,11 @@ class Settings:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ConfigError(f"CICB_ALLOWED_CIDRS: {cidr!r} is not a network") from exc
+        if not 0 < self.step_lease_renew_s < self.step_lease_s:
+            raise ConfigError(
+                "CICB_STEP_LEASE_RENEW_S must be more than 0 and less than CICB_STEP_LEASE_S "
+                f"({self.step_lease_renew_s}, {self.step_lease_s})"
+            )
         if self.max_deliveries < 1:
             raise ConfigError("CICB_MAX_DELIVERIES must be at least 1")
         if self.log_format not in ("auto", "json", "console"):

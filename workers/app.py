@@ -19,18 +19,13 @@ from celery import Celery, bootsteps
 from celery.signals import setup_logging, worker_process_init
 
 from pipeline import logs
-from pipeline.brokers.queues import (
-    ACTIONS_QUEUE,
-    INGEST_QUEUE,
-    INGEST_TASK,
-    queue,
-    transport_options,
-)
+from pipeline.brokers.kind import kind_of
+from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, queue
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings, get_settings
 from workers.metrics import MetricsEndpoint
 from workers.resources import resources
-from workers.sweeper import Sweeper, keep_messages
+from workers.sweeper import Sweeper, forget_finished
 
 # Exit status of a worker stopped by a bad setting (sysexits' EX_CONFIG).
 EX_CONFIG = 78
@@ -60,8 +55,8 @@ def configuration() -> dict[str, Any]:
             "workers.reconcile",
             *settings.routes_modules,
         ],
-        "broker_url": settings.broker_url,
-        "broker_transport_options": transport_options(settings),
+        # On Redis, cicb's transport: each task message goes out with its in-flight record.
+        **kind_of(settings).celery_options(settings),
         "broker_connection_retry_on_startup": True,
         # Keep reconnecting for as long as the broker is away.
         "broker_connection_max_retries": None,
@@ -109,13 +104,14 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
 
 class Start(bootsteps.Step):  # type: ignore[misc]
     """As the worker starts: build its resources, so a bad setting stops it with one line;
-    on a Redis broker, keep every task message until its task finishes."""
+    on a Redis broker, forget the messages of tasks that are no ``PipelineTask`` when they
+    end (a ``PipelineTask`` forgets its own)."""
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         res = stop_on_bad_settings(resources)
         if res.inflight is not None:
-            keep_messages(res.inflight)
+            forget_finished(res.inflight)
 
 
 app = Celery("cicb")
@@ -123,7 +119,7 @@ app.add_defaults(configuration)
 app.steps["worker"].add(Start)
 # Multiprocess metrics before the pool forks, and each host's /metrics.
 app.steps["worker"].add(MetricsEndpoint)
-# Publishes again, with the same task id, what the Redis transport lost.
+# Heartbeats, leases renewed, and what the Redis transport lost published again.
 app.steps["consumer"].add(Sweeper)
 
 

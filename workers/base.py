@@ -7,10 +7,15 @@ arguments its ``replay_kwargs`` name (the notify targets still pending); once
 task's arguments, the error and the attempt count. A user's task gets the same policy from
 ``pipeline.task`` (or ``@app.task(base=PipelineTask)``).
 
-Around each run, the guard (``pipeline.guard``) skips a message whose task already finished
-and dead-letters one delivered more than ``CICB_MAX_DELIVERIES`` times.
+Each run holds its task's lease (``pipeline.runs``): a message whose task already finished
+(or whose attempt a retry superseded) does nothing; a copy of a message whose task is
+running elsewhere goes back to wait and looks again later; one delivered more than
+``CICB_MAX_DELIVERIES`` times is dead-lettered. A task that finished records it with its
+lease's release; its message is then no longer kept in flight (``pipeline.brokers.inflight``),
+once the next step of its chain is out.
 
-Each run is counted (``cicb_tasks_total``: done, retried, skipped, dead_lettered) and timed.
+Each run is counted (``cicb_tasks_total``: done, retried, skipped, deferred, dead_lettered)
+and timed.
 A step of a route carries the route's name, when its callback was received and whether it
 is the route's last step in its message headers (``ROUTE_HEADER`` ...); the last step's end
 is the callback's end-to-end latency.
@@ -18,13 +23,16 @@ is the callback's end-to-end latency.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import random
 import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+import redis
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline import logs
@@ -32,7 +40,7 @@ from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.errors import PermanentError, TransientError
 from pipeline.settings import Settings
 from workers.metrics import worker_metrics
-from workers.resources import resources
+from workers.resources import Resources, resources
 
 log = logs.get_logger("cicb.task")
 
@@ -86,25 +94,66 @@ class PipelineTask(Task):  # type: ignore[misc]
         return result
 
     def _guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
-        """Run the task unless the guard says otherwise: ("done" or "skipped", result)."""
+        """Run the task under its lease unless it must not run now: ("done", "skipped" or
+        "deferred", result)."""
         task_id = self.request.id
         res = resources()
-        if res.guard is None or task_id is None:  # no Redis, or called directly
+        if res.runs is None or task_id is None:  # no Redis, or called directly
             return "done", self._run(args, kwargs)
+        owner = res.owner()
         try:
-            completed, deliveries = res.guard.start(task_id, self.request.retries)
+            start = res.runs.start(task_id, self.request.retries, owner)
         except TransientError as exc:
             self.retry_later(exc)
-        if completed:
-            # Its worker died after the work and before the ack: do not do it twice.
+        if start.state == "done":
+            # Its worker died after the work and before the ack, or a copy ran it: the chain
+            # goes on (its next step may not be out), the step is not done twice.
             log.warning("task.already_completed")
-            res.finished(task_id)
+            if not self._continues():
+                res.forget(task_id)
             return "skipped", None
-        if deliveries > res.guard.max_deliveries:
-            raise RedeliveryLimit(deliveries, res.guard.max_deliveries)
-        result = self._run(args, kwargs)
-        res.finished(task_id)
+        if start.state == "superseded":
+            # A retry of this task is on its way with its own arguments: this older copy
+            # neither runs nor starts the rest of the chain.
+            log.warning("task.superseded")
+            self._count("skipped")
+            raise Ignore()
+        if start.state == "leased":
+            self._wait_for_lease(start.wait_s)
+        if start.deliveries > res.runs.max_deliveries:
+            raise RedeliveryLimit(start.deliveries, res.runs.max_deliveries)
+        try:
+            result = self._run(args, kwargs)
+        except Retry:
+            self._retried(res, task_id, owner)
+            raise
+        res.finished(task_id, owner, forget=not self._continues())
         return "done", result
+
+    def _wait_for_lease(self, wait_s: float) -> NoReturn:
+        """Another copy of this message is running: send this one back to look again once
+        the lease would expire (it is renewed while its holder lives), then drop it."""
+        countdown = max(wait_s, 0.5) + random.uniform(0, 0.5)
+        log.info("task.deferred", wait_s=round(countdown, 2))
+        self.signature_from_request(countdown=countdown).apply_async()
+        self._count("deferred")
+        raise Ignore()
+
+    def _retried(self, res: Resources, task_id: str, owner: str) -> None:
+        assert res.runs is not None
+        try:
+            res.runs.retried(task_id, self.request.retries, owner)
+        except redis.RedisError as exc:  # the lease expires by itself
+            log.warning("task.retry_not_recorded", error=str(exc))
+
+    def _continues(self) -> bool:
+        """Whether a step of a chain follows this task (Celery sends it once this returns)."""
+        return bool(self.request.chain or self.request.callbacks)
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        # The chain's next step is out now: this message need no longer be kept.
+        if self._continues():
+            resources().forget(task_id)
 
     def _count(self, outcome: str, error: str = "") -> None:
         route = self.request.get(ROUTE_HEADER) or ""
@@ -135,6 +184,15 @@ class PipelineTask(Task):  # type: ignore[misc]
             kwargs={**(self.request.kwargs or {}), **exc.replay_kwargs},
         )
 
+    def _given_up(self, task_id: str) -> None:
+        """Dead-lettered: the lease is free (a replay may run it) and the message no longer
+        kept."""
+        res = resources()
+        if res.runs is not None:
+            with contextlib.suppress(redis.RedisError):  # the lease expires by itself
+                res.runs.release(task_id, res.owner())
+        res.forget(task_id)
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -152,6 +210,7 @@ class PipelineTask(Task):  # type: ignore[misc]
         if (envelope := letter.envelope()) is not None:
             letter = dataclasses.replace(letter, received_at=envelope.received_at.isoformat())
         DeadLetterQueue(self.app.connection_for_write).put(letter)
+        self._given_up(task_id)
         self._count("dead_lettered", letter.error)
         log.error(
             "dead_lettered",

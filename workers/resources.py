@@ -2,8 +2,8 @@
 
 ``resources()`` builds them on first use and keeps them for the process: the settings, the
 Redis that holds what workers share (``CICB_REDIS_URL``, else a Redis broker), and in it the
-guard (deduplication, completion records, delivery counts), the in-flight records (on a
-Redis broker only) and the archive; and the notify targets, the
+guard (deduplication), the task runs (leases, completion records, delivery counts) and the
+archive; the in-flight records (on a Redis broker, in it); and the notify targets, the
 webhook secret and the copy destination, parsed and checked. The worker builds them as it
 starts (``workers.app``), so a bad setting stops it with one line instead of dead-lettering
 every task that needs it.
@@ -12,6 +12,9 @@ every task that needs it.
 from __future__ import annotations
 
 import functools
+import os
+import socket
+import time
 from dataclasses import dataclass
 
 import redis
@@ -25,11 +28,13 @@ from pipeline.archive import Archive
 from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.kind import BrokerKind, kind_of
 from pipeline.guard import Guard
+from pipeline.runs import TaskRuns
 from pipeline.settings import Settings, get_settings
 
-# Kept messages are published again this long after kombu's own restore (every 10 s) has
-# had its chance.
-SWEEP_GRACE_S = 20.0
+# How long a finished task keeps trying to record it while Redis is away: its lease is kept
+# meanwhile, so no copy runs it again when Redis is back.
+FINISH_PATIENCE_S = 300.0
+FINISH_RETRY_S = 0.5
 
 log = logs.get_logger("cicb.resources")
 
@@ -40,6 +45,7 @@ class Resources:
     kind: BrokerKind
     client: redis.Redis | None
     guard: Guard | None
+    runs: TaskRuns | None
     inflight: Inflight | None
     notify_targets: tuple[Target, ...]
     webhook_key: bytes | None
@@ -47,6 +53,9 @@ class Resources:
     never_retry_codes: frozenset[str]
     # Where cicb.ingest keeps each body it handled (None: off, or no Redis).
     archive: Archive | None = None
+    # This worker: its host and main process (resources are built there, before the pool
+    # forks), as its heartbeats and leases name it.
+    worker: str = ""
 
     @classmethod
     def build(cls, settings: Settings) -> Resources:
@@ -57,20 +66,18 @@ class Resources:
             settings=settings,
             kind=kind,
             client=client,
-            guard=(
-                Guard(
+            guard=Guard(client, dedup_ttl_s=settings.dedup_ttl_s) if client else None,
+            runs=(
+                TaskRuns(
                     client,
-                    dedup_ttl_s=settings.dedup_ttl_s,
+                    ttl_s=settings.dedup_ttl_s,
                     max_deliveries=settings.max_deliveries,
+                    lease_s=settings.step_lease_s,
                 )
                 if client
                 else None
             ),
-            inflight=(
-                kind.inflight(client, lost_after_s=settings.visibility_timeout_s + SWEEP_GRACE_S)
-                if client
-                else None
-            ),
+            inflight=kind.inflight(client),
             notify_targets=tuple(Target.parse(url) for url in settings.notify_urls),
             webhook_key=(
                 webhook_secret_bytes(settings.notify_secret) if settings.notify_secret else None
@@ -82,22 +89,42 @@ class Resources:
                 else DEFAULT_NEVER_RETRY_CODES
             ),
             archive=Archive.configured(client, settings),
+            worker=f"{socket.gethostname()}/{os.getpid()}",
         )
 
-    def finished(self, task_id: str) -> None:
-        """A task finished: its completion record, and its message no longer kept
-        (``pipeline.brokers.inflight``), written in one round trip."""
-        if self.client is None or self.guard is None:
+    def owner(self) -> str:
+        """Who runs a task in this process, as its lease says: the worker and the process."""
+        return f"{self.worker}/{os.getpid()}"
+
+    def finished(self, task_id: str, owner: str, *, forget: bool) -> None:
+        """A task finished: its completion record and its lease released, and with
+        ``forget`` its message no longer kept in flight, in one round trip when both live in
+        one Redis. While Redis is away it keeps trying (up to ``FINISH_PATIENCE_S``): its
+        lease is still held, so no copy runs it again meanwhile."""
+        if self.runs is None:
             return
-        pipe = self.client.pipeline(transaction=False)
-        self.guard.complete(task_id, pipe)
-        if self.inflight is not None:
-            self.inflight.forget(task_id, pipe)
+        deadline = time.monotonic() + FINISH_PATIENCE_S
+        while True:
+            try:
+                self.runs.finish(task_id, owner, forget=self.inflight if forget else None)
+                return
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    # At worst a copy of this message, once its lease expires, runs it again.
+                    log.warning("task.finish_not_recorded", task_id=task_id, error=str(exc))
+                    return
+                log.info("task.finish_waiting_for_redis", task_id=task_id, error=str(exc))
+                time.sleep(FINISH_RETRY_S)
+
+    def forget(self, task_id: str) -> None:
+        """The task's message is no longer kept in flight (kept: the sweep brings it back,
+        and its completion record makes that copy a no-op)."""
+        if self.inflight is None:
+            return
         try:
-            pipe.execute()
+            self.inflight.forget(task_id)
         except redis.RedisError as exc:
-            # At worst a redelivery of this message, or the sweep's copy of it, runs it again.
-            log.warning("task.finish_not_recorded", task_id=task_id, error=str(exc))
+            log.warning("inflight.not_forgotten", task_id=task_id, error=str(exc))
 
 
 @functools.cache

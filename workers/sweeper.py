@@ -1,102 +1,153 @@
-"""The worker's part in keeping every message: forget finished tasks, republish lost ones.
+"""The worker's part in keeping every task message: say what it holds, keep its leases, and
+bring back what was lost.
 
-``Sweeper`` is a worker bootstep: every ``SWEEP_INTERVAL_S`` one worker (a Redis lock
-decides which) publishes again the messages ``pipeline.brokers.inflight`` has kept for longer than
-the visibility timeout plus a grace period.
+``Sweeper`` is a consumer bootstep. When the worker's consumer first starts, it starts a
+thread in the worker's main process that, every ``HEARTBEAT_S``:
+
+- writes the task ids this worker holds (prefetched, waiting for a countdown, running) to
+  the broker (``Inflight.heartbeat``): the sweep takes a message nobody holds, taken off
+  its queue, for lost;
+- every ``CICB_STEP_LEASE_RENEW_S``, renews the leases of the tasks its pool runs
+  (``TaskRuns.renew``), so a lease expires only when its holder is gone;
+- if it holds the sweep's lock (one worker at a time), sweeps the records that are due
+  (``Inflight.sweep``): a lost message is published again within seconds.
+
+It runs in a thread of its own, not on the consumer's timer: it goes on while the consumer
+reconnects after a broker outage and while a solo pool runs a task. Each (re)start of the
+consumer is a disturbance (a broken connection may have lost a message it had just taken),
+which the next heartbeat reports. On a RabbitMQ broker only the leases are renewed.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 from celery import bootsteps
 from celery.signals import task_failure, task_success
+from celery.worker import state
+from celery.worker.request import Request
 
 from pipeline import logs
-from pipeline.brokers.inflight import Inflight, track_publishes
+from pipeline.brokers.inflight import HEARTBEAT_S, Inflight
 from workers.base import PipelineTask
-from workers.resources import resources
-
-SWEEP_INTERVAL_S = 10.0
+from workers.resources import Resources, resources
 
 log = logs.get_logger("cicb.sweeper")
 
 
-def keep_messages(inflight: Inflight) -> None:
-    """Keep every task message this process publishes until its task finishes."""
-    track_publishes(inflight)
-    forget_finished(inflight)
-
-
 def forget_finished(inflight: Inflight) -> None:
-    """A task that failed for good (and was dead-lettered) is no longer kept, nor is one
-    that succeeded; a ``PipelineTask`` forgets its own, with its completion record."""
+    """A task that is no ``PipelineTask`` (which forgets its own, with its completion record)
+    is no longer kept once it succeeded or failed."""
 
-    def forget(task: Any) -> None:
-        task_id = getattr(getattr(task, "request", None), "id", None)
-        if task_id:
+    def forget(sender: Any = None, **_: Any) -> None:
+        task_id = getattr(getattr(sender, "request", None), "id", None)
+        if task_id and not isinstance(sender, PipelineTask):
             try:
                 inflight.forget(task_id)
             except redis.RedisError as exc:
-                # Kept: the sweep publishes it again later, and its completion record
-                # makes that copy a no-op.
                 log.warning("inflight.not_forgotten", task_id=task_id, error=str(exc))
 
-    def succeeded(sender: Any = None, **_: Any) -> None:
-        if not isinstance(sender, PipelineTask):
-            forget(sender)
+    task_success.connect(forget, weak=False, dispatch_uid="cicb.forget_succeeded")
+    task_failure.connect(forget, weak=False, dispatch_uid="cicb.forget_failed")
 
-    def failed(sender: Any = None, **_: Any) -> None:
-        forget(sender)
 
-    task_success.connect(succeeded, weak=False)
-    task_failure.connect(failed, weak=False)
+def _requests(collect: Callable[[], Iterable[Request]]) -> list[Request]:
+    """A snapshot of a set the consumer changes from its own thread."""
+    for _ in range(5):
+        try:
+            return list(collect())
+        except RuntimeError:  # changed during iteration: take it again
+            continue
+    return []
+
+
+class Keeper(threading.Thread):
+    """The heartbeat, lease and sweep thread of one worker (see the module)."""
+
+    def __init__(self, res: Resources) -> None:
+        super().__init__(name="cicb-keeper", daemon=True)
+        self.res = res
+        self.consumer: Any = None
+        self.disturbed = threading.Event()
+        self.stopping = threading.Event()
+        self._renewed_at = 0.0
+
+    def held(self) -> tuple[set[str], dict[str, str]]:
+        """The task ids this worker holds, and the lease owner of each one running."""
+        requests = _requests(lambda: state.reserved_requests)
+        running = _requests(lambda: state.active_requests)
+        timer = getattr(self.consumer, "timer", None)
+        if timer is not None:
+            for entry in _requests(lambda: timer.schedule.queue):
+                args = getattr(entry.entry, "args", None) or ()
+                if args and isinstance(args[0], Request):
+                    requests.append(args[0])
+        held = {r.id for r in [*requests, *running] if r.id}
+        owners = {
+            r.id: f"{self.res.worker}/{r.worker_pid}" for r in running if r.id and r.worker_pid
+        }
+        return held, owners
+
+    def run(self) -> None:
+        while not self.stopping.wait(HEARTBEAT_S):
+            try:
+                self.beat()
+            except Exception as exc:  # Redis away: the next beat tries again
+                log.info("keeper.beat_failed", error=repr(exc))
+
+    def beat(self) -> None:
+        held, owners = self.held()
+        runs, inflight = self.res.runs, self.res.inflight
+        now = time.monotonic()
+        if runs is not None and now - self._renewed_at >= self.res.settings.step_lease_renew_s:
+            runs.renew(owners)
+            self._renewed_at = now
+        if inflight is None:
+            return
+        disturbed = self.disturbed.is_set()
+        inflight.heartbeat(self.res.worker, held, disturbed=disturbed)
+        if disturbed:
+            self.disturbed.clear()
+        if runs is not None and inflight.lock(self.res.worker, ttl_s=HEARTBEAT_S * 5):
+            ids = inflight.due()
+            if ids:
+                found = inflight.sweep(runs.settled(ids), ids)
+                if found.republished:
+                    log.warning("inflight.swept", states=found.states)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=HEARTBEAT_S * 5)
+        if self.res.inflight is not None:
+            try:
+                self.res.inflight.gone(self.res.worker)
+            except redis.RedisError as exc:
+                log.info("keeper.not_gone", error=str(exc))
 
 
 class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
-    """A consumer step: it starts again with the consumer after a lost broker connection,
-    whose restart clears the timers of the one before."""
+    """A consumer step: it starts the keeper with the first consumer, tells it of every
+    restart of the consumer (a lost broker connection), and stops it with the worker."""
 
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, **kwargs)
-        self.tref: Any = None
+        self.keeper: Keeper | None = None
 
     def start(self, consumer: Any) -> None:
-        inflight = resources().inflight
-        if inflight is not None:
-            self.tref = consumer.timer.call_repeatedly(
-                SWEEP_INTERVAL_S, self.sweep, (consumer, inflight), priority=10
-            )
+        res = resources()
+        if res.runs is None and res.inflight is None:
+            return
+        if self.keeper is None:
+            self.keeper = Keeper(res)
+            self.keeper.start()
+        self.keeper.consumer = consumer
+        self.keeper.disturbed.set()
 
-    def stop(self, consumer: Any) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
-
-    shutdown = stop
-
-    def sweep(self, worker: Any, inflight: Inflight) -> None:
-        def republish(
-            body: Any,
-            exchange: str,
-            routing_key: str,
-            headers: dict[str, Any],
-            properties: dict[str, Any],
-        ) -> None:
-            with worker.app.producer_pool.acquire(block=True) as producer:
-                producer.publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    headers=headers,
-                    serializer="json",
-                    delivery_mode="persistent",
-                    retry=True,
-                    **properties,
-                )
-
-        try:
-            inflight.sweep(republish)
-        except Exception as exc:  # a failed sweep is tried again at the next interval
-            log.warning("inflight.sweep_failed", error=repr(exc))
+    def shutdown(self, consumer: Any) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None

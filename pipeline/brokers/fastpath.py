@@ -3,8 +3,8 @@
 It writes the same ordinary Celery task message (protocol 2, JSON) that ``send_task`` would,
 which ``celery worker`` consumes and Flower shows, but builds it from a prepared template and
 writes it asynchronously, batched with the callbacks arriving at the same time (the messages,
-and their ``pipeline.brokers.inflight`` records), without a thread hop or Celery's
-per-message work. Other brokers go through ``publishing.CeleryEnqueuer``.
+and their ``pipeline.brokers.inflight`` records, in the one script that writes both), without a
+thread hop or Celery's per-message work. Other brokers go through ``publishing.CeleryEnqueuer``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import asyncio
 import base64
 import os
 import socket
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,14 @@ import orjson
 import redis
 import redis.asyncio
 
-from pipeline.brokers.inflight import MESSAGES_KEY, SCORES_KEY
+from pipeline.brokers.inflight import (
+    DUE_KEY,
+    FIRST_CHECK_S,
+    MESSAGES_KEY,
+    META_KEY,
+    PUBLISH,
+    SUSPECTS_KEY,
+)
 from pipeline.brokers.queues import DEFAULT_CONNECT_TIMEOUT_S, INGEST_QUEUE, INGEST_TASK
 from pipeline.errors import BrokerUnavailable
 
@@ -35,27 +41,27 @@ class RedisEnqueuer:
     """Straight to the Redis list kombu's transport reads, as Celery would write it.
 
     Writes are batched: each callback waits while the batch before it is written, then goes
-    with every callback that arrived meanwhile in one MULTI transaction (one LPUSH, one
-    HSET and one ZADD for the lot). One callback alone is written at once; a burst costs
-    one round trip per batch instead of one per callback. A callback is answered only once
-    its batch is on the broker, and every callback of a batch that fails gets the error.
+    with every callback that arrived meanwhile in one script (their in-flight records, then
+    one LPUSH for the lot: a record that cannot be written stops it before any message is
+    pushed). One callback alone is written at once; a burst costs one round trip per batch
+    instead of one per callback. A callback is answered only once its batch is on the
+    broker, and every callback of a batch that fails gets the error.
     """
 
-    def __init__(self, broker_url: str, *, track_inflight: bool) -> None:
+    def __init__(self, broker_url: str) -> None:
         self._redis = redis.asyncio.Redis.from_url(
             broker_url,
             socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
             socket_timeout=DEFAULT_CONNECT_TIMEOUT_S * 2,
         )
-        # Inflight records go in the same transaction, so only when they live on the broker.
-        self._track = track_inflight
+        self._publish = self._redis.register_script(PUBLISH)
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self._reply_to = str(uuid.uuid4())
         self._waiting: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
 
-    def message(self, envelope: dict[str, Any], task_id: str) -> tuple[bytes, bytes]:
-        """The kombu envelope of the task message, and the inflight record that keeps it."""
+    def message(self, envelope: dict[str, Any], task_id: str, tag: str) -> bytes:
+        """The kombu envelope of the task message, with delivery tag ``tag``."""
         args = [envelope]
         # What Flower shows of the arguments: the repr of a long body, cut short before it
         # is made rather than after.
@@ -96,22 +102,15 @@ class RedisEnqueuer:
                 "delivery_info": {"exchange": "", "routing_key": INGEST_QUEUE},
                 "priority": 0,
                 "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": tag,
             },
         }
-        record = {
-            "body": orjson.Fragment(body),
-            "exchange": "",
-            "routing_key": INGEST_QUEUE,
-            "headers": orjson.Fragment(headers),
-            "properties": {"correlation_id": task_id},
-        }
-        return orjson.dumps(message), orjson.dumps(record)
+        return orjson.dumps(message)
 
     async def ingest(self, envelope: dict[str, Any]) -> str:
-        task_id = str(uuid.uuid4())
-        message, record = self.message(envelope, task_id)
-        write = _Write(task_id, message, record, asyncio.get_running_loop().create_future())
+        task_id, tag = str(uuid.uuid4()), str(uuid.uuid4())
+        message = self.message(envelope, task_id, tag)
+        write = _Write(task_id, message, tag, asyncio.get_running_loop().create_future())
         self._waiting.append(write)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_batches())
@@ -135,13 +134,12 @@ class RedisEnqueuer:
             self._writer = None
 
     async def _write(self, batch: list[_Write]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(INGEST_QUEUE, *(w.message for w in batch))
-            if self._track:
-                pipe.hset(MESSAGES_KEY, mapping={w.task_id: w.record for w in batch})
-                now = time.time()
-                pipe.zadd(SCORES_KEY, {w.task_id: now for w in batch})
-            await pipe.execute()
+        args: list[Any] = [FIRST_CHECK_S]
+        for w in batch:
+            args += [w.task_id, w.message, w.tag]
+        await self._publish(
+            keys=[INGEST_QUEUE, MESSAGES_KEY, META_KEY, DUE_KEY, SUSPECTS_KEY], args=args
+        )
 
     async def ping(self) -> None:
         try:
@@ -161,11 +159,11 @@ MAX_BATCH = 256
 
 @dataclass(slots=True)
 class _Write:
-    """One callback's task message and inflight record, waiting for its batch."""
+    """One callback's task message, waiting for its batch."""
 
     task_id: str
     message: bytes
-    record: bytes
+    tag: str
     done: asyncio.Future[None]
 
 

@@ -12,27 +12,21 @@ from typing import Any, Protocol
 import anyio.to_thread
 from celery import Celery
 
-from pipeline.brokers.inflight import Inflight, track_publishes
-from pipeline.brokers.queues import (
-    ACTIONS_QUEUE,
-    INGEST_QUEUE,
-    INGEST_TASK,
-    ping,
-    queue,
-    transport_options,
-)
+from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, ping, queue
 from pipeline.errors import BrokerUnavailable
-from pipeline.settings import Settings
 
 
 class Publisher:
-    """Sends task messages by name. Thread-safe: producers come from a pool."""
+    """Sends task messages by name. Thread-safe: producers come from a pool.
 
-    def __init__(self, settings: Settings, *, inflight: Inflight | None = None) -> None:
+    ``broker``: the broker part of Celery's configuration (``BrokerKind.celery_options``:
+    on Redis, the transport that records each message in flight as it publishes it).
+    """
+
+    def __init__(self, broker: dict[str, Any]) -> None:
         self._app = Celery("cicb-publisher", set_as_current=False)
         self._app.conf.update(
-            broker_url=settings.broker_url,
-            broker_transport_options=transport_options(settings),
+            **broker,
             broker_connection_retry_on_startup=True,
             task_serializer="json",
             task_queues=[queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
@@ -48,9 +42,6 @@ class Publisher:
                 "interval_max": 0.5,
             },
         )
-        if inflight is not None:
-            # Keep each message until its task finishes (see pipeline.brokers.inflight).
-            track_publishes(inflight)
 
     def send(
         self,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.brokers.publishing import Publisher
+from pipeline.brokers.kind import kind_of
 from pipeline.settings import Settings
 from tests.peers import CiServer, ci_error, ci_job, job_callback, serve_ci
 from tests.support import (
@@ -134,7 +134,8 @@ def test_one_pass_routes_every_lost_job_once_and_the_late_callbacks_are_duplicat
     # One pass, as beat sends it: cicb.reconcile fans out one task per queue. The first
     # queue's first list fails for now: its task is retried with the usual backoff.
     ci.failures[QUEUES[0]] = [ci_error(503, "ServiceUnavailable", "busy")]
-    publisher = Publisher(Settings(broker_url=broker_url))
+    settings = Settings(broker_url=broker_url)
+    publisher = kind_of(settings).publisher(settings)
     publisher.send("cicb.reconcile", [], queue_name="actions")
     events = target.wait_for(60, timeout_s=120)
     wait_until(lambda: counters(stack).get("reconciled") == 60, timeout_s=60, what="60")

@@ -11,7 +11,6 @@ from kombu import Connection
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.depths import QueueDepths
 from pipeline.brokers.kind import kind_of
-from pipeline.brokers.publishing import Publisher
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import free_port
@@ -40,7 +39,7 @@ def test_empty_queues_read_zero_and_no_wait(broker_url: str) -> None:
 
 def test_depths_count_each_queue_and_age_is_the_oldest_callbacks(broker_url: str) -> None:
     settings = Settings(broker_url=broker_url)
-    publisher = Publisher(settings)
+    publisher = kind_of(settings).publisher(settings)
     now = datetime.now(UTC)
     for minutes, request_id in ((7, "oldest"), (3, "middle"), (1, "newest")):
         publisher.ingest(envelope(now - timedelta(minutes=minutes), request_id))

@@ -11,7 +11,7 @@ import redis
 
 from pipeline.brokers.fastpath import RedisEnqueuer
 from pipeline.brokers.kind import kind_of
-from pipeline.brokers.publishing import CeleryEnqueuer, Publisher
+from pipeline.brokers.publishing import CeleryEnqueuer
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import free_port
@@ -41,11 +41,11 @@ def written(client: redis.Redis) -> dict[str, Any]:
 def test_the_fast_path_writes_what_celery_writes(broker_url: str) -> None:
     client = redis.Redis.from_url(broker_url)
     settings = Settings(broker_url=broker_url, redis_url=broker_url)
-    Publisher(Settings(broker_url=broker_url)).ingest(ENVELOPE)
+    kind_of(settings).publisher(settings).ingest(ENVELOPE)
     by_celery = written(client)
 
     async def enqueue() -> str:
-        enqueuer = RedisEnqueuer(settings.broker_url, track_inflight=True)
+        enqueuer = RedisEnqueuer(settings.broker_url)
         try:
             return await enqueuer.ingest(ENVELOPE)
         finally:
@@ -53,9 +53,12 @@ def test_the_fast_path_writes_what_celery_writes(broker_url: str) -> None:
 
     task_id = asyncio.run(enqueue())
     assert written(client) == by_celery
-    # ...and keeps it until its task finishes.
+    # ...and keeps it, byte for byte, until its task finishes.
     kept = json.loads(client.hget("cicb:inflight:messages", task_id))  # type: ignore[arg-type]
-    assert kept["body"][0] == [ENVELOPE] and kept["headers"]["id"] == task_id
+    assert kept["headers"]["id"] == task_id
+    assert json.loads(base64.b64decode(kept["body"]))[0] == [ENVELOPE]
+    meta = json.loads(client.hget("cicb:inflight:meta", task_id))  # type: ignore[arg-type]
+    assert meta["q"] == "ingest" and meta["tag"] == kept["properties"]["delivery_tag"]
     assert client.zscore("cicb:inflight", task_id) is not None
 
 
@@ -74,7 +77,7 @@ def test_callbacks_arriving_together_are_written_together_and_in_order(broker_ur
     count = 300  # more than one batch holds
 
     async def burst() -> list[str]:
-        enqueuer = RedisEnqueuer(settings.broker_url, track_inflight=True)
+        enqueuer = RedisEnqueuer(settings.broker_url)
         try:
             envelopes = [{**ENVELOPE, "request_id": str(n)} for n in range(count)]
             return await asyncio.gather(*(enqueuer.ingest(e) for e in envelopes))
@@ -96,7 +99,7 @@ def test_every_callback_waiting_on_a_failed_write_is_told_so() -> None:
     settings = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
 
     async def burst() -> list[object]:
-        enqueuer = RedisEnqueuer(settings.broker_url, track_inflight=True)
+        enqueuer = RedisEnqueuer(settings.broker_url)
         try:
             calls = (enqueuer.ingest(ENVELOPE) for _ in range(20))
             return await asyncio.gather(*calls, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""The guard's promises against a real Valkey: claims, completions, delivery counts."""
+"""The guard's promises against a real Valkey: deduplication claims."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.support import free_port
 @pytest.fixture
 def guard(broker_url: str) -> Guard:
     client = redis.Redis.from_url(broker_url)
-    return Guard(client, dedup_ttl_s=60, max_deliveries=3, claim_ttl_s=30)
+    return Guard(client, dedup_ttl_s=60, claim_ttl_s=30)
 
 
 def test_a_key_is_claimed_once_until_released(guard: Guard, broker_url: str) -> None:
@@ -54,30 +54,17 @@ def test_concurrent_claims_have_one_winner(guard: Guard) -> None:
     assert len(wins) == 1
 
 
-def test_completions_and_deliveries_are_recorded_per_message(guard: Guard, broker_url: str) -> None:
-    assert guard.start("task-1", 0) == (False, 1)
-    pipe = redis.Redis.from_url(broker_url).pipeline()
-    guard.complete("task-1", pipe)
-    assert guard.start("task-1", 0) == (False, 2)  # recorded only once sent
-    pipe.execute()
-    assert guard.start("task-1", 0) == (True, 3)
-    assert guard.start("task-2", 0) == (False, 1)
-    assert guard.start("task-2", 1) == (False, 1)  # a retry is a new message
-
-
 def test_an_unreachable_redis_is_a_transient_error() -> None:
     client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    guard = Guard(client, dedup_ttl_s=60, max_deliveries=3)
+    guard = Guard(client, dedup_ttl_s=60)
     with pytest.raises(GuardUnavailable):
         guard.claim("TaskFinish:j1:Success", owner="a")
-    with pytest.raises(GuardUnavailable):
-        guard.start("t", 0)
 
 
 def test_a_claim_its_worker_never_finished_expires(broker_url: str) -> None:
     # A worker killed while starting a route leaves its claim; it must not block the
     # callback's next delivery for longer than the claim's time to live.
-    guard = Guard(redis.Redis.from_url(broker_url), dedup_ttl_s=60, max_deliveries=3, claim_ttl_s=1)
+    guard = Guard(redis.Redis.from_url(broker_url), dedup_ttl_s=60, claim_ttl_s=1)
     assert guard.claim("TaskFinish:j9:Success", owner="dead-task")
     ttl = redis.Redis.from_url(broker_url).ttl("cicb:dedup:TaskFinish:j9:Success")
     assert 0 < ttl <= 1
@@ -87,5 +74,5 @@ def test_a_claim_its_worker_never_finished_expires(broker_url: str) -> None:
 
 def test_giving_a_claim_back_never_raises_when_redis_is_away() -> None:
     client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    guard = Guard(client, dedup_ttl_s=60, max_deliveries=3)
+    guard = Guard(client, dedup_ttl_s=60)
     guard.release("TaskFinish:j1:Success", owner="a")  # the claim expires by itself

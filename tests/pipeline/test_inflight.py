@@ -1,159 +1,223 @@
-"""``pipeline.brokers.inflight`` against a real Valkey: every message is kept until its task
-finishes, and only those kept too long are published again."""
+"""``pipeline.brokers.inflight`` against a real Valkey: each task message is written with its
+record or not at all, and the sweep brings back exactly the messages nobody has: not those
+waiting on their queue, held by a live worker or running."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import pytest
 import redis
 
 from pipeline.brokers.inflight import Inflight
 
-LOST_AFTER_S = 100.0
-
-
-class Republished(list[tuple[str, str, str]]):
-    """Records (task id, exchange, routing key) of each message published again."""
-
-    def __call__(
-        self,
-        body: Any,
-        exchange: str,
-        routing_key: str,
-        headers: dict[str, Any],
-        properties: dict[str, Any],
-    ) -> None:
-        assert body == {"args": [headers["id"]]}
-        self.append((headers["id"], exchange, routing_key))
+CONFIRM_S = 0.3
+ALIVE_S = 1.0
 
 
 @pytest.fixture
-def inflight(broker_url: str) -> Inflight:
-    return Inflight(redis.Redis.from_url(broker_url), lost_after_s=LOST_AFTER_S)
+def client(broker_url: str) -> redis.Redis:
+    return redis.Redis.from_url(broker_url)
 
 
-def record(inflight: Inflight, task_id: str, queue: str = "actions") -> None:
-    inflight.record(
-        body={"args": [task_id]},
-        exchange=queue,
-        routing_key=queue,
-        headers={"id": task_id, "task": "cicb.notify"},
-        properties={"correlation_id": task_id, "priority": 0, "reply_to": "ignored"},
-    )
+@pytest.fixture
+def inflight(client: redis.Redis) -> Inflight:
+    return Inflight(client, first_check_s=0, confirm_s=CONFIRM_S, recheck_s=0.1, alive_s=ALIVE_S)
 
 
-def test_only_messages_kept_longer_than_the_limit_are_published_again(
-    inflight: Inflight,
-) -> None:
-    start = time.time()
-    for task_id in ("a", "b", "c"):
-        record(inflight, task_id)
-    republish = Republished()
-    assert inflight.sweep(republish, now=start + LOST_AFTER_S - 5) == 0
-    assert republish == []
-    inflight.forget("b")  # its task finished
-    assert inflight.sweep(republish, now=start + LOST_AFTER_S + 5) == 2
-    assert sorted(republish) == [("a", "actions", "actions"), ("c", "actions", "actions")]
+def message(task_id: str, tag: str) -> bytes:
+    """A task message as kombu's Redis transport writes it (only what the sweep reads)."""
+    return json.dumps(
+        {
+            "body": "e30=",
+            "headers": {"id": task_id, "task": "cicb.notify"},
+            "properties": {"delivery_tag": tag, "delivery_info": {"routing_key": "actions"}},
+        }
+    ).encode()
 
 
-def test_a_message_published_again_waits_the_full_limit_before_the_next_time(
-    inflight: Inflight,
-) -> None:
-    start = time.time()
-    record(inflight, "a", "ingest")
-    republish = Republished()
-    first = start + LOST_AFTER_S + 1
-    assert inflight.sweep(republish, now=first) == 1
-    assert inflight.sweep(republish, now=first + LOST_AFTER_S - 1) == 0
-    assert inflight.sweep(republish, now=first + LOST_AFTER_S + 1) == 1
-    assert republish == [("a", "ingest", "ingest")] * 2
-    assert inflight.count() == 1  # still kept until its task finishes
+def publish(inflight: Inflight, task_id: str, tag: str | None = None) -> bytes:
+    raw = message(task_id, tag or f"tag-{task_id}")
+    inflight.publish("actions", [(task_id, raw, tag or f"tag-{task_id}")])
+    return raw
 
 
-def test_what_is_published_again_is_the_message_as_recorded(
-    inflight: Inflight, broker_url: str
-) -> None:
-    record(inflight, "a")
-    seen: list[tuple[Any, ...]] = []
-    inflight.sweep(lambda *message: seen.append(message), now=time.time() + LOST_AFTER_S + 1)
-    body, exchange, routing_key, headers, properties = seen[0]
-    assert (body, exchange, routing_key) == ({"args": ["a"]}, "actions", "actions")
-    assert headers == {"id": "a", "task": "cicb.notify"}
-    # Only what identifies the message again: no reply_to, no delivery tag.
-    assert properties == {"correlation_id": "a", "priority": 0}
-    stored = json.loads(redis.Redis.from_url(broker_url).hget("cicb:inflight:messages", "a"))
-    assert stored["headers"] == headers
+def take(client: redis.Redis) -> bytes:
+    """What a worker's BRPOP and kombu's bookkeeping do: off the list, into ``unacked``."""
+    raw = client.rpop("actions")
+    assert isinstance(raw, bytes)
+    tag = json.loads(raw)["properties"]["delivery_tag"]
+    client.hset("unacked", tag, json.dumps([json.loads(raw), "actions", "actions"]))
+    client.zadd("unacked_index", {tag: time.time()})
+    return raw
 
 
-def test_forgetting_on_a_pipeline_waits_for_the_pipeline(
-    inflight: Inflight, broker_url: str
-) -> None:
-    record(inflight, "a")
-    pipe = redis.Redis.from_url(broker_url).pipeline()
-    inflight.forget("a", pipe)
+def sweep_until_settled(inflight: Inflight, *, rounds: int = 6) -> dict[str, int]:
+    """Sweep every due record a few times, ``CONFIRM_S`` apart: what a worker's thread does."""
+    states: dict[str, int] = {}
+    for _ in range(rounds):
+        time.sleep(CONFIRM_S / 2 + 0.05)
+        ids = inflight.due()
+        if ids:
+            found = inflight.sweep({}, ids)
+            for state, n in found.states.items():
+                states[state] = states.get(state, 0) + n
+    return states
+
+
+def test_a_message_goes_out_with_its_record(inflight: Inflight, client: redis.Redis) -> None:
+    raw = publish(inflight, "t1")
+    assert client.lrange("actions", 0, -1) == [raw]
+    assert client.hget("cicb:inflight:messages", "t1") == raw
+    meta = json.loads(client.hget("cicb:inflight:meta", "t1"))  # type: ignore[arg-type]
+    assert (meta["q"], meta["tag"]) == ("actions", "tag-t1")
     assert inflight.count() == 1
-    pipe.execute()
-    assert inflight.count() == 0
-    assert inflight.sweep(Republished(), now=time.time() + LOST_AFTER_S + 1) == 0
 
 
-def test_one_sweep_at_a_time(inflight: Inflight, broker_url: str) -> None:
-    record(inflight, "a")
-    client = redis.Redis.from_url(broker_url)
-    client.set("cicb:inflight:sweeping", "1", ex=60)  # another worker is sweeping
-    republish = Republished()
-    assert inflight.sweep(republish, now=time.time() + LOST_AFTER_S + 1) == 0
-    client.delete("cicb:inflight:sweeping")
-    assert inflight.sweep(republish, now=time.time() + LOST_AFTER_S + 1) == 1
-    assert client.exists("cicb:inflight:sweeping") == 0  # the lock is given back
-
-
-def test_a_failed_republish_keeps_the_message_for_the_next_sweep(inflight: Inflight) -> None:
-    record(inflight, "a")
-
-    def broker_away(*_: Any) -> None:
-        raise ConnectionError("broker away")
-
-    later = time.time() + LOST_AFTER_S + 1
-    with pytest.raises(ConnectionError):
-        inflight.sweep(broker_away, now=later)
-    republish = Republished()
-    assert inflight.sweep(republish, now=later + 1) == 1
-    assert republish == [("a", "actions", "actions")]
-
-
-def test_a_record_without_its_message_is_dropped(inflight: Inflight, broker_url: str) -> None:
-    record(inflight, "a")
-    redis.Redis.from_url(broker_url).hdel("cicb:inflight:messages", "a")
-    republish = Republished()
-    inflight.sweep(republish, now=time.time() + LOST_AFTER_S + 1)
-    assert republish == []
-    assert inflight.count() == 0
-
-
-def test_the_sweep_lock_expires_if_its_sweeper_dies(inflight: Inflight, broker_url: str) -> None:
-    record(inflight, "a")
-    client = redis.Redis.from_url(broker_url)
-    ttls: list[int] = []
-
-    def republish(*_: Any) -> None:
-        ttls.append(int(client.ttl("cicb:inflight:sweeping")))
-
-    inflight.sweep(republish, now=time.time() + LOST_AFTER_S + 1)
-    assert len(ttls) == 1 and 0 < ttls[0] <= 60
-
-
-def test_a_record_without_its_message_does_not_stop_the_others(
-    inflight: Inflight, broker_url: str
+def test_a_record_that_cannot_be_written_stops_the_message(
+    inflight: Inflight, client: redis.Redis
 ) -> None:
-    client = redis.Redis.from_url(broker_url)
-    record(inflight, "a")
-    record(inflight, "b")
-    client.zadd("cicb:inflight", {"a": 1.0, "b": 2.0})  # a is swept first
-    client.hdel("cicb:inflight:messages", "a")
-    republish = Republished()
-    inflight.sweep(republish)  # now: the real time
-    assert republish == [("b", "actions", "actions")]
+    client.set("cicb:inflight:messages", "not a hash")
+    with pytest.raises(redis.ResponseError):
+        publish(inflight, "t1")
+    assert client.llen("actions") == 0
+
+
+def test_messages_waiting_on_their_queue_are_left_there(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    publish(inflight, "a")
+    publish(inflight, "b")
+    inflight.heartbeat("w1", [], disturbed=True)  # a connection broke: look for them
+    states = sweep_until_settled(inflight)
+    assert set(states) == {"waiting"}
+    assert client.llen("actions") == 2
+
+
+def test_a_message_a_live_worker_holds_is_left_alone(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    publish(inflight, "a")
+    take(client)
+    for _ in range(4):
+        inflight.heartbeat("w1", ["a"])
+        states = sweep_until_settled(inflight, rounds=1)
+        assert set(states) <= {"held"}
+    assert client.llen("actions") == 0 and inflight.lost_count() == 0
+
+
+def test_a_message_its_worker_dropped_is_pushed_again_once_with_a_new_tag(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    publish(inflight, "a")
+    take(client)
+    # The worker lost its broker connection and, back, holds nothing any more.
+    inflight.heartbeat("w1", [], disturbed=True)
+    found = inflight.sweep({}, inflight.due() or ["a"])
+    assert found.states == {"suspect": 1} and found.republished == []
+    assert inflight.lost_count() == 1
+    time.sleep(CONFIRM_S + 0.05)
+    found = inflight.sweep({}, ["a"])
+    assert found.republished == ["a"]
+    [again] = client.lrange("actions", 0, -1)
+    again_message = json.loads(again)
+    assert again_message["headers"]["id"] == "a"
+    assert again_message["properties"]["delivery_tag"] != "tag-a"
+    assert again_message["properties"]["delivery_info"]["redelivered"] is True
+    # kombu's record of the old delivery is gone: it will not come back a second time.
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    assert inflight.lost_count() == 0
+    assert client.hget("cicb:inflight:messages", "a") == again
+    # Now on its queue: waiting, not lost again.
+    assert set(sweep_until_settled(inflight)) == {"waiting"}
+    assert client.llen("actions") == 1
+
+
+def test_a_message_taken_and_lost_unrecorded_is_pushed_again(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    # A worker took it (BRPOP) and its connection broke before kombu recorded it.
+    publish(inflight, "a")
+    client.rpop("actions")
+    inflight.heartbeat("w1", [], disturbed=True)
+    sweep_until_settled(inflight)
+    assert [json.loads(m)["headers"]["id"] for m in client.lrange("actions", 0, -1)] == ["a"]
+
+
+def test_a_message_published_after_the_last_disturbance_is_not_looked_for(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    inflight.gone("w1")  # a worker stopped: a disturbance
+    time.sleep(0.01)
+    publish(inflight, "a")
+    client.rpop("actions")  # a loss nothing reported: nobody looks on the list for it
+    assert set(sweep_until_settled(inflight)) == {"waiting"}
+
+
+def test_what_a_silent_worker_held_is_pushed_again(inflight: Inflight, client: redis.Redis) -> None:
+    publish(inflight, "a")
+    take(client)
+    inflight.heartbeat("w-dead", ["a"])
+    assert set(sweep_until_settled(inflight, rounds=1)) == {"held"}
+    time.sleep(ALIVE_S + 0.1)  # it said nothing since: dead
+    sweep_until_settled(inflight)
+    assert client.llen("actions") == 1
+    assert client.zscore("cicb:workers", "w-dead") is None
+
+
+def test_running_and_finished_tasks_take_no_look_at_the_broker(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    publish(inflight, "running")
+    publish(inflight, "finished")
+    client.delete("actions")  # neither is on its queue
+    inflight.heartbeat("w1", [], disturbed=True)
+    for _ in range(4):
+        time.sleep(CONFIRM_S)
+        ids = inflight.due()
+        inflight.sweep({"running": "running", "finished": "done"}, ids)
+    assert client.llen("actions") == 0
+    assert inflight.count() == 1  # the finished one is forgotten, the running one kept
+
+
+def test_a_record_that_changed_since_it_was_found_lost_is_left_alone(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    publish(inflight, "a")
+    take(client)
+    inflight.heartbeat("w1", [], disturbed=True)
+    inflight.sweep({}, ["a"])
+    time.sleep(CONFIRM_S + 0.05)
+    # Its task published it again meanwhile (a retry): that message is the one kept.
+    newer = publish(inflight, "a", tag="tag-retry")
+    client.hset("cicb:inflight:lost", "a", 0)  # as if found lost long ago
+    inflight.sweep({}, ["a"])
+    assert client.lrange("actions", 0, -1) == [newer]
+
+
+def test_forgotten_messages_leave_no_trace(inflight: Inflight, client: redis.Redis) -> None:
+    publish(inflight, "a")
+    publish(inflight, "b")
+    inflight.forget("a", "b")
+    assert inflight.count() == 0
+    for key in ("cicb:inflight:messages", "cicb:inflight:meta", "cicb:inflight:lost"):
+        assert client.hlen(key) == 0
+
+
+def test_one_sweeper_at_a_time(inflight: Inflight, client: redis.Redis) -> None:
+    assert inflight.lock("w1", ttl_s=5)
+    assert inflight.lock("w1", ttl_s=5)  # kept by its holder
+    assert not inflight.lock("w2", ttl_s=5)
+    client.delete("cicb:inflight:sweeping")  # its holder died: the lock expired
+    assert inflight.lock("w2", ttl_s=5)
+    assert 0 < client.pttl("cicb:inflight:sweeping") <= 5000
+
+
+def test_a_stopping_worker_holds_nothing(inflight: Inflight, client: redis.Redis) -> None:
+    inflight.heartbeat("w1", ["a", "b"])
+    assert client.smembers("cicb:held:w1") == {b"a", b"b"}
+    inflight.gone("w1")
+    assert client.exists("cicb:held:w1") == 0
+    assert client.zscore("cicb:workers", "w1") is None
+    assert client.exists("cicb:inflight:disturbed") == 1

@@ -65,7 +65,7 @@ def client(broker_url: str) -> redis.Redis:
 
 @pytest.fixture
 def guard(client: redis.Redis) -> Guard:
-    return Guard(client, dedup_ttl_s=DEDUP_TTL_S, max_deliveries=3, claim_ttl_s=CLAIM_TTL_S)
+    return Guard(client, dedup_ttl_s=DEDUP_TTL_S, claim_ttl_s=CLAIM_TTL_S)
 
 
 def test_a_routed_callback_starts_its_route_and_is_remembered(

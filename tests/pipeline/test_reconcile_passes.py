@@ -254,7 +254,7 @@ def test_the_envelope_takes_a_callback_s_path_and_the_late_callback_is_a_duplica
     ci.jobs[BUCKET] = [node]
     sent = Sent()
     reconciler(ci, store, sent).reconcile(QUEUE)
-    guard = Guard(client, dedup_ttl_s=60, max_deliveries=3)
+    guard = Guard(client, dedup_ttl_s=60)
     table: RouteTable = table_for(Settings())
     dispatched: list[tuple[str, str]] = []
     [outcome] = ingest(

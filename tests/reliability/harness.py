@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import redis
 
-from pipeline.brokers.inflight import SCORES_KEY as INFLIGHT_KEY
+from pipeline.brokers.inflight import DUE_KEY as INFLIGHT_KEY
 from tests.support import ROOT, TOKEN, Target, run_cli, wait_until
 
 # The project's own sample, so the scenarios run on a clone without ../shared.

@@ -1,7 +1,7 @@
 """The in-process worker tier: cicb's real Celery app, run by a worker thread
-(``celery.contrib.testing.worker.start_worker``) on a Valkey server of its own, with real
-HTTP notify targets. Faster than the subprocess stacks, and it runs the same code: the
-task base, the guard, the in-flight records, dead letters.
+(``celery.contrib.testing.worker.start_worker``, a pool of two threads) on a Valkey server of
+its own, with real HTTP notify targets. Faster than the subprocess stacks, and it runs the
+same code: the task base, the guard, leases, the in-flight records, dead letters.
 
 ``workers`` reads its settings when imported, so the environment is set first, once for the
 session; each test starts from empty cicb keys and queues.
@@ -24,6 +24,7 @@ import redis
 
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.kind import kind_of
 from pipeline.brokers.publishing import Publisher
 from pipeline.settings import get_settings
 from tests.support import Broker, wait_until
@@ -38,6 +39,9 @@ TIER_SETTINGS = {
     "CICB_MAX_RETRIES": "2",
     "CICB_MAX_DELIVERIES": "3",
     "CICB_VISIBILITY_TIMEOUT_S": "30",
+    # A lease a test can see expire (the reliability tier runs the default, 30 s).
+    "CICB_STEP_LEASE_S": "3",
+    "CICB_STEP_LEASE_RENEW_S": "1",
     "CICB_ROUTES": "tests.workers.steps",
     "CICB_LOG_FORMAT": "json",
     # The tier runs in the test process: its metrics stay in it (read with Tier.count).
@@ -197,14 +201,10 @@ class Tier:
 @pytest.fixture(scope="session")
 def tier_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     from celery.contrib.testing.worker import start_worker
-    from celery.signals import before_task_publish
 
     # workers read their settings when imported: imported before this, they would hold
     # another environment's.
     assert "workers.app" not in sys.modules, "workers.app was imported before the worker tier"
-    # A publisher an earlier test made records every message this process publishes in that
-    # test's Redis (once per process): the tier's worker records its own in the tier's.
-    before_task_publish.disconnect(dispatch_uid="cicb.inflight")
     broker = Broker(tmp_path_factory.mktemp("tier-valkey"), persistent=False)
     broker.start()
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
@@ -222,12 +222,13 @@ def tier_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     importlib.import_module("workers.actions")
     importlib.import_module("tests.workers.steps")
     client = redis.Redis.from_url(broker.url)
-    publisher = Publisher(get_settings())
+    publisher = kind_of(get_settings()).publisher(get_settings())
     try:
         with start_worker(
             app,
-            pool="solo",
-            concurrency=1,
+            # Two threads: two copies of one message can run at the same moment.
+            pool="threads",
+            concurrency=2,
             perform_ping_check=False,
             loglevel="WARNING",
             shutdown_timeout=30,

@@ -4,7 +4,8 @@ as a user writes one: everything from ``pipeline``.
 Callbacks tagged ``Steps`` run a two-step chain whose steps record each run in Redis, so a
 test can count how many times each step ran; ``Failing`` runs a step that always fails for
 now, to use up its retries (``FailFirst``: before a second step); ``Broken`` names a task
-no worker has.
+no worker has; ``Blocking`` runs a step that waits until the test releases it
+(``release``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pipeline import Route, TransientError, task
 from pipeline.settings import get_settings
 
 RUNS_KEY = "cicb:test:runs"
+RELEASE_KEY = "cicb:test:release"
 
 routes = [
     Route("steps", ["tests.first", "tests.second"], tag="Steps"),
     Route("failing", ["tests.failing"], tag="Failing"),
     Route("broken", ["tests.nobody"], tag="Broken"),
     Route("fail-first", ["tests.failing", "tests.second"], tag="FailFirst"),
+    Route("blocking", ["tests.blocking"], tag="Blocking"),
 ]
 
 
@@ -46,3 +49,12 @@ def second(event: dict[str, Any]) -> None:
 def failing(event: dict[str, Any]) -> None:
     _record("failing", event)
     raise TransientError("the peer is away")
+
+
+@task(name="tests.blocking")
+def blocking(event: dict[str, Any]) -> None:
+    """Runs until the test pushes to ``RELEASE_KEY`` (at most 30 s)."""
+    _record("blocking", event)
+    client = redis.Redis.from_url(get_settings().broker_url)
+    client.blpop([RELEASE_KEY], timeout=30)
+    client.close()

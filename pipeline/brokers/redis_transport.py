@@ -1,0 +1,81 @@
+"""kombu's Redis transport, with each Celery task message recorded as it is published.
+
+Every task message a cicb process publishes on a Redis broker (a route's steps, retries,
+resubmissions, replays, reconcile's callbacks) goes out through ``Channel._put``, which
+writes the message and its in-flight record in one script (``pipeline.brokers.inflight``):
+a record that cannot be written stops the publish, which raises, so no message is ever out
+without it. A message kombu puts back (a worker's warm shutdown, a worker lost under its
+task, the visibility timeout) takes its record with it.
+
+Celery uses it through ``broker_transport`` (``kind.BrokerKind.celery_options``); everything
+else is kombu's own Redis transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.log import get_logger
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+from pipeline.brokers.inflight import Inflight, task_message_id
+
+TRANSPORT = "pipeline.brokers.redis_transport:Transport"
+
+crit = get_logger(__name__).critical
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    _inflight: Inflight | None = None
+
+    @property
+    def inflight(self) -> Inflight:
+        if self._inflight is None:
+            self._inflight = Inflight(self._create_client())
+        return self._inflight
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        task_id = task_message_id(message)
+        if task_id is None:
+            super()._put(queue, message, **kwargs)
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        tag = message["properties"]["delivery_tag"]
+        with self.conn_or_acquire() as client:
+            self.inflight.publish(key, [(task_id, dumps(message), tag)], client=client)
+
+    def _do_restore_message(
+        self,
+        payload: dict[str, Any],
+        exchange: str,
+        routing_key: str,
+        pipe: Any,
+        leftmost: bool = False,
+    ) -> None:
+        task_id = task_message_id(payload)
+        if task_id is None:
+            super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+            return
+        try:
+            payload["headers"]["redelivered"] = True
+            properties = payload["properties"]
+            properties.setdefault("delivery_info", {})["redelivered"] = True
+            raw = dumps(payload)
+            for queue in self._lookup(exchange, routing_key):
+                key = self._q_for_pri(queue, self._get_message_priority(payload, reverse=False))
+                (pipe.lpush if leftmost else pipe.rpush)(key, raw)
+                self.inflight.record_restored(pipe, key, task_id, raw, properties["delivery_tag"])
+        except self.connection_errors:
+            raise  # abort the transaction: the message stays where it was
+        except Exception:
+            crit("Could not restore message: %r", payload, exc_info=True)
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        # Each task message goes out with its record in a script of its own.
+        return False

@@ -1,0 +1,199 @@
+"""One run at a time of each task message, and none after it finished: leases, completion
+records and delivery counts in Redis.
+
+- **A lease.** Before a message's task runs, it takes ``cicb:lease:<task id>`` (``SET NX``
+  with an expiry of ``lease_s``). The worker's main process renews the leases of the tasks
+  it runs (``renew``), so a lease outlives the run only when its holder died or lost Redis:
+  it then expires, at most ``lease_s`` later, and the next copy runs. A copy that finds the
+  lease held does not run: it waits (``Start.wait_s``) and looks again.
+- **A completion record.** A task that finished records ``cicb:done:<task id>`` with the
+  lease's release, in one script; a copy delivered later does nothing. A task that schedules
+  a retry marks the attempts up to its own as superseded (``cicb:retried:<task id>``), so
+  an older copy of it (one waiting for the lease) does not run with the older arguments.
+- **A bound on deliveries.** Each run of a message is counted per attempt; past
+  ``max_deliveries`` (it killed its worker each time) it is dead-lettered instead.
+
+The trade-off of ``lease_s``: a worker killed in the middle of a step delays that step's
+next run by at most one lease; a worker cut off from Redis for longer than a lease, while
+its step keeps running, lets a second copy start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import redis
+
+from pipeline.brokers.inflight import KEYS as INFLIGHT_KEYS
+from pipeline.brokers.inflight import Inflight
+from pipeline.errors import TransientError
+
+PREFIX = "cicb:"
+DEFAULT_LEASE_S = 30.0
+DEFAULT_LEASE_RENEW_S = 5.0
+
+# KEYS: done, retried, lease, deliveries. ARGV: attempt, owner, lease (ms), ttl (s).
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'done', 0, 0} end
+local retried = redis.call('GET', KEYS[2])
+if retried and tonumber(ARGV[1]) <= tonumber(retried) then return {'superseded', 0, 0} end
+if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {'leased', 0, redis.call('PTTL', KEYS[3])}
+end
+local n = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+return {'run', n, 0}
+"""
+
+# KEYS: done, lease, then (optional) the in-flight record's keys. ARGV: owner, ttl (s),
+# task id.
+_FINISH = """
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if #KEYS > 2 then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  for i = 4, #KEYS do redis.call('HDEL', KEYS[i], ARGV[3]) end
+end
+return 1
+"""
+
+# KEYS: retried, lease. ARGV: attempt, owner, ttl (s).
+_RETRIED = """
+local before = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > before then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS: lease. ARGV: owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: leases. ARGV: lease (ms), then each lease's owner. Only a lease its owner holds is
+# renewed: a task that has not taken its lease yet must find it free.
+_RENEW = """
+local kept = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
+
+class RunsUnavailable(TransientError):
+    """Redis did not answer; the task is retried, never run unguarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What a delivered message may do: ``run`` (it holds the lease; ``deliveries`` counts
+    this one), or not: its task is ``done``, this attempt was ``superseded`` by a retry, or
+    another copy holds the lease (``leased``: look again in ``wait_s``)."""
+
+    state: Literal["run", "done", "superseded", "leased"]
+    deliveries: int = 0
+    wait_s: float = 0.0
+
+
+def lease_key(task_id: str) -> str:
+    return f"{PREFIX}lease:{task_id}"
+
+
+def done_key(task_id: str) -> str:
+    return f"{PREFIX}done:{task_id}"
+
+
+class TaskRuns:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl_s: int,
+        max_deliveries: int,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
+        self.client = client
+        self._ttl_s = ttl_s
+        self.max_deliveries = max_deliveries
+        self.lease_s = lease_s
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+        self._retried = client.register_script(_RETRIED)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+
+    def start(self, task_id: str, attempt: int, owner: str) -> Start:
+        """A message's task (``attempt``: its retry number) is about to run for ``owner``.
+        One round trip; raises ``RunsUnavailable``."""
+        keys = [
+            done_key(task_id),
+            f"{PREFIX}retried:{task_id}",
+            lease_key(task_id),
+            f"{PREFIX}deliveries:{task_id}:{attempt}",
+        ]
+        try:
+            state, count, pttl_ms = self._start(
+                keys=keys, args=[attempt, owner, int(self.lease_s * 1000), self._ttl_s]
+            )
+        except redis.RedisError as exc:
+            raise RunsUnavailable(f"cannot start {task_id}: {exc}") from exc
+        name = state.decode() if isinstance(state, bytes) else str(state)
+        return Start(cast(Any, name), int(count), max(int(pttl_ms), 0) / 1000)
+
+    def finish(self, task_id: str, owner: str, *, forget: Inflight | None = None) -> None:
+        """The task finished: record it and release the lease; with ``forget``, its message
+        is no longer kept in flight (in the same script when it lives in the same Redis).
+        Raises ``redis.RedisError``."""
+        keys = [done_key(task_id), lease_key(task_id)]
+        same = forget is not None and forget.client is self.client
+        if same:
+            keys += list(INFLIGHT_KEYS)
+        self._finish(keys=keys, args=[owner, self._ttl_s, task_id])
+        if forget is not None and not same:
+            forget.forget(task_id)
+
+    def retried(self, task_id: str, attempt: int, owner: str) -> None:
+        """The task scheduled its next attempt: attempts up to ``attempt`` will not run
+        again, and the lease is free for the next. Raises ``redis.RedisError``."""
+        keys = [f"{PREFIX}retried:{task_id}", lease_key(task_id)]
+        self._retried(keys=keys, args=[attempt, owner, self._ttl_s])
+
+    def release(self, task_id: str, owner: str) -> None:
+        """Give the lease back (the task failed for good). Raises ``redis.RedisError``."""
+        self._release(keys=[lease_key(task_id)], args=[owner])
+
+    def renew(self, owners: Mapping[str, str]) -> int:
+        """Renew the leases of running tasks (task id -> owner) for another ``lease_s``;
+        return how many are still theirs. Raises ``redis.RedisError``."""
+        if not owners:
+            return 0
+        ids = list(owners)
+        return int(
+            self._renew(
+                keys=[lease_key(i) for i in ids],
+                args=[int(self.lease_s * 1000), *(owners[i] for i in ids)],
+            )
+        )
+
+    def settled(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """Of ``task_ids``, those ``done`` and those ``running`` (a lease held)."""
+        ids = list(task_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.exists(done_key(task_id))
+            pipe.exists(lease_key(task_id))
+        answers = pipe.execute()
+        found = {}
+        for i, task_id in enumerate(ids):
+            if answers[2 * i]:
+                found[task_id] = "done"
+            elif answers[2 * i + 1]:
+                found[task_id] = "running"
+        return found
