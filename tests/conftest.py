@@ -13,7 +13,7 @@ import pytest
 import redis
 from moto.server import ThreadedMotoServer
 
-from tests.peers import CiServer
+from tests.peers import CiServer, serve_ci
 from tests.support import (
     Broker,
     Stack,
@@ -103,33 +103,9 @@ def make_stack(tmp_path: Path, broker_url: str) -> Iterator[Callable[..., Stack]
 
 @pytest.fixture
 def ci_server() -> Iterator[CiServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    ci = CiServer(endpoint=f"127.0.0.1:{server.server_address[1]}")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            with ci.lock:
-                ci.requests.append(
-                    {"method": "POST", "path": self.path, "headers": self.headers, "body": body}
-                )
-            status, answer = ci.next_answer()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(answer)))
-            self.send_header("x-ci-request-id", "NjJiZDYwYTFfNjUzYTYyNjRfZjEwZl8xMmZhYzY5")
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server.RequestHandlerClass = Handler
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield ci
-    server.shutdown()
-    server.server_close()
+    """A stand-in for CI's job APIs on a free loopback port (``tests.peers.serve_ci``)."""
+    with serve_ci() as ci:
+        yield ci
 
 
 @pytest.fixture(scope="session")

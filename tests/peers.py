@@ -8,6 +8,7 @@ endpoint), naming the bucket in the Host header as for CI itself.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 NEW_JOB_ID = "j8d9b7e2a5c3411ed9e4b525400a3c59f"
@@ -38,7 +40,12 @@ class CiServer:
     answers a submitted job with the (status, body) pairs it is given, then with
     ``SUBMITTED``; lists and queries (``serve_ci``) from ``jobs`` and ``runs`` (by bucket),
     or with the error in ``refusals`` (by queue id, workflow id or bucket) every time, or
-    those in ``failures`` once each."""
+    those in ``failures`` once each.
+
+    With ``creates_jobs``, a submission CI answers with success creates a job of its own id
+    (in ``jobs``, where its list finds it) and is answered with it; the next ``hangups``
+    submissions create their job and close the connection without an answer (a timeout
+    after sending, as the client sees it)."""
 
     endpoint: str
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -49,6 +56,13 @@ class CiServer:
     refusals: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     # Answers given once each, before the list is answered (by queue id or workflow id).
     failures: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+    creates_jobs: bool = False
+    hangups: int = 0
+
+    def submissions(self) -> list[dict[str, Any]]:
+        """The submit-job requests received (``POST /jobs``)."""
+        with self.lock:
+            return [r for r in self.requests if r["method"] == "POST"]
 
     def lists(self) -> list[dict[str, Any]]:
         """The list requests received (``GET /jobs`` and ``GET /workflowexecution``)."""
@@ -59,6 +73,35 @@ class CiServer:
     def next_answer(self) -> tuple[int, bytes]:
         with self.lock:
             return self.answers.pop(0) if self.answers else (200, SUBMITTED)
+
+    def submit(self, host: str, body: bytes) -> tuple[int, bytes] | None:
+        """Answer a submission (``creates_jobs``): the job created, or None to hang up."""
+        request = ElementTree.fromstring(body)
+        created = datetime.now(CI_TZ)
+        job = {
+            "Code": "Success",
+            "Message": None,
+            "JobId": "j" + uuid.uuid4().hex,
+            "Tag": request.findtext("Tag"),
+            "State": "Submitted",
+            "CreationTime": ci_time(created),
+            "StartTime": "-",
+            "EndTime": "-",
+            "QueueId": request.findtext("QueueId"),
+            "Input": {"Object": request.findtext("Input/Object")},
+            "Operation": {
+                "TemplateId": request.findtext("Operation/TemplateId"),
+                "UserData": request.findtext("Operation/UserData"),
+            },
+        }
+        with self.lock:
+            if self.answers:
+                return self.answers.pop(0)
+            self.jobs.setdefault(_bucket_of(host), []).append(job)
+            if self.hangups:
+                self.hangups -= 1
+                return None
+        return 200, _response(to_xml("JobsDetail", job))
 
 
 # -- CI's list and query APIs ---------------------------------------------------------------
@@ -260,7 +303,14 @@ def serve_ci(ci: CiServer | None = None) -> Iterator[CiServer]:
                 served.requests.append(
                     {"method": "POST", "path": self.path, "headers": self.headers, "body": body}
                 )
-            self.answer(*served.next_answer())
+            if not served.creates_jobs:
+                self.answer(*served.next_answer())
+                return
+            answer = served.submit(self.headers.get("Host", ""), body)
+            if answer is None:
+                self.close_connection = True  # no answer at all
+                return
+            self.answer(*answer)
 
         def answer(self, status: int, body: bytes) -> None:
             self.send_response(status)

@@ -11,6 +11,7 @@ reason.
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any
 
 import httpx
@@ -30,6 +31,8 @@ from workers.metrics import worker_metrics
 from workers.resources import resources
 
 log = logs.get_logger("cicb.actions")
+
+RESUBMIT_NAMESPACE = uuid.UUID("5f0d8a52-7c1e-4b8e-9a51-2e6f3b7d1c04")
 
 
 @functools.cache
@@ -128,7 +131,12 @@ def retry_job(event: dict[str, Any]) -> str:
     if not decision.resubmit:
         return decision.reason
     delay_s = backoff_s(decision.attempt - 1, res.settings)
-    resubmit_job.apply_async((event,), {"attempt": decision.next_attempt}, countdown=delay_s)
+    # One task id per job and attempt: a retry_job run twice (its worker died after this)
+    # sends the same message again, which its completion record makes a no-op.
+    task_id = str(uuid.uuid5(RESUBMIT_NAMESPACE, f"{decoded.job_id}|{decision.next_attempt}"))
+    resubmit_job.apply_async(
+        (event,), {"attempt": decision.next_attempt}, countdown=delay_s, task_id=task_id
+    )
     log.info("job_resubmit_scheduled", attempt=decision.next_attempt, delay_s=delay_s)
     return decision.reason
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -22,6 +23,19 @@ RETRYABLE_STATUSES: Final = frozenset({408, 429})
 THROTTLING_CODES: Final = frozenset(
     {"SlowDown", "RequestTimeout", "RequestLimitExceeded", "RequestTimeTooSkewed"}
 )
+# CI's own time zone, as its examples and answers write times.
+CI_TZ: Final = timezone(timedelta(hours=8))
+
+
+def ci_time(moment: datetime) -> str:
+    """``moment`` (timezone-aware) as CI's list APIs take it: ``2001-01-01T08:00:00+0800``."""
+    return moment.astimezone(CI_TZ).strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def as_list(node: Any) -> list[dict[str, Any]]:
+    """A node the SDK gives as one dict or a list of them, as a list of the dicts."""
+    items = node if isinstance(node, list) else [node]
+    return [item for item in items if isinstance(item, dict)]
 
 
 def cos_client(

@@ -3,7 +3,9 @@
 The request is rebuilt from the callback (``build_job_request``), the attempt count travels
 with the job through Redis (``AttemptStore``: the resubmitted job's own callback knows it is
 attempt 2), ``decide`` says whether to try again, and ``resubmit`` calls CI's submit-job API
-(``POST /jobs`` on ``<bucket>.ci.<region>.myqcloud.com``) with ``ci_create_media_jobs``.
+(``POST /jobs`` on ``<bucket>.ci.<region>.myqcloud.com``) with ``ci_create_media_jobs``, at
+most once per job and attempt (``pipeline.actions.submissions``: a claim before the call, and
+CI's job list read before a second try whose first one's answer was lost).
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from qcloud_cos.cos_comm import format_bucket
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from pipeline.actions.cos import error_fields, is_transient
+from pipeline.actions.submissions import (
+    IN_FLIGHT_S,
+    SUBMITTED,
+    SUBMITTING,
+    UNKNOWN,
+    Claim,
+    SubmissionClaims,
+    find_submitted,
+    marker,
+)
 from pipeline.errors import ConfigError, PermanentError, TransientError
 from pipeline.parsing.events import Event, JobEvent
 
@@ -129,8 +141,9 @@ class AttemptStore:
     returns that job instead of creating another.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int = DEFAULT_ATTEMPT_TTL_S) -> None:
         self._client = client
+        self._claims = SubmissionClaims(client, ttl_s=ttl_s)
 
     @classmethod
     def from_url(cls, url: str) -> AttemptStore:
@@ -153,9 +166,31 @@ class AttemptStore:
                 pipe.set(_KEY_PREFIX + new_job_id, attempt, ex=ttl_s)
                 if resubmitted_from is not None:
                     pipe.set(_RESUBMITTED_PREFIX + resubmitted_from, new_job_id, ex=ttl_s)
+                    SubmissionClaims(pipe, ttl_s=ttl_s).set(
+                        resubmitted_from, attempt, SUBMITTED, new_job_id=new_job_id
+                    )
                 pipe.execute()
         except redis.RedisError as exc:
             raise AttemptStoreUnavailable(f"recording attempt of {new_job_id}: {exc}") from exc
+
+    def claim(self, job_id: str, attempt: int) -> Claim | None:
+        """Claim the resubmission of ``job_id`` as run ``attempt`` (``SubmissionClaims``)."""
+        try:
+            return self._claims.take(job_id, attempt)
+        except redis.RedisError as exc:
+            raise AttemptStoreUnavailable(f"claiming {job_id}:{attempt}: {exc}") from exc
+
+    def claimed(self, job_id: str, attempt: int, state: str) -> None:
+        try:
+            self._claims.set(job_id, attempt, state)
+        except redis.RedisError as exc:
+            raise AttemptStoreUnavailable(f"claim of {job_id}:{attempt}: {exc}") from exc
+
+    def give_back(self, job_id: str, attempt: int) -> None:
+        try:
+            self._claims.give_back(job_id, attempt)
+        except redis.RedisError as exc:
+            raise AttemptStoreUnavailable(f"claim of {job_id}:{attempt}: {exc}") from exc
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -270,14 +305,19 @@ def resubmit(
 ) -> str:
     """Submit the event's job again as run number ``attempt``; return the new job's id.
 
-    ``client`` must be for the input bucket's region (``cos_client``). If this job was
-    already resubmitted (a duplicate callback, a retry of this task), returns that job's id
-    and submits nothing. Raises ResubmitFailed (retry), ResubmitRejected or
-    NotResubmittable (dead letter), AttemptStoreUnavailable (retry).
+    ``client`` must be for the input bucket's region (``cos_client``). At most one job is
+    created per job and attempt: if this job was already resubmitted (a duplicate callback,
+    a retry of this task) that job's id is returned; if an earlier try's answer was lost,
+    CI's job list is read first and a job found there is returned. A request with no
+    ``UserData`` carries the marker ``cicb-resubmit:<JobId>:<attempt>`` in it. Raises
+    ResubmitFailed (retry), ResubmitRejected or NotResubmittable (dead letter),
+    AttemptStoreUnavailable (retry).
     """
     job = job_of(event)
     jobs = build_job_request(job)
     old_job_id = job.job_id
+    if not jobs["Operation"].get("UserData"):
+        jobs["Operation"]["UserData"] = marker(old_job_id, attempt)
     previous = attempts.resubmitted_as(old_job_id)
     if previous is not None:
         return previous
@@ -286,21 +326,44 @@ def resubmit(
         format_bucket(bucket, None)
     except CosClientError as exc:
         raise NotResubmittable(old_job_id, f"bad input bucket {bucket!r}: {exc}") from exc
+    assert bucket is not None
+    claim = attempts.claim(old_job_id, attempt)
+    if claim is not None:
+        # Another try made this claim: it is under way, or its answer was lost.
+        found = claim.job_id or _look_up(client, bucket, jobs, since=claim.at)
+        if found is not None:
+            attempts.record(found, attempt, ttl_s, resubmitted_from=old_job_id)
+            return found
+        if claim.state == SUBMITTING and claim.age_s < IN_FLIGHT_S:
+            raise ResubmitFailed(f"job {old_job_id}: a resubmission is under way")
+        attempts.claimed(old_job_id, attempt, SUBMITTING)  # CI has none: submit it now
     try:
         answer = client.ci_create_media_jobs(
             Bucket=bucket, Jobs=jobs, Lst={}, ContentType="application/xml"
         )
     except CosServiceError as exc:
+        attempts.give_back(old_job_id, attempt)  # CI answered: it created nothing
         raise _service_error(exc) from exc
-    except CosClientError as exc:
-        raise ResubmitFailed(f"CI not reached: {exc}") from exc
-    except SyntaxError as exc:  # ET.ParseError, or the SDK's eval of the parsed answer
-        # CI took the request but its answer is unreadable: the job may exist, and a blind
-        # retry could run it twice. Leave it to a person.
-        raise ResubmitRejected(200, None, f"unreadable answer: {exc}") from exc
+    except (CosClientError, SyntaxError) as exc:
+        # Not reached, or sent and its answer lost or unreadable (SyntaxError: ET.ParseError,
+        # or the SDK's eval of the parsed answer): CI may have created the job. The next
+        # try reads CI's job list before it submits again.
+        attempts.claimed(old_job_id, attempt, UNKNOWN)
+        raise ResubmitFailed(f"CI's answer was lost ({exc}); CI is asked before a new try") from exc
     new_job_id = _job_id_of(answer)
     attempts.record(new_job_id, attempt, ttl_s, resubmitted_from=old_job_id)
     return new_job_id
+
+
+def _look_up(client: CosS3Client, bucket: str, jobs: dict[str, Any], *, since: float) -> str | None:
+    """A job an earlier try created, from CI's job list; raises ResubmitFailed."""
+    try:
+        return find_submitted(client, bucket=bucket, request=jobs, since=since)
+    except CosServiceError as exc:
+        error = _service_error(exc)
+        raise ResubmitFailed(f"cannot read CI's job list: {error}", status=error.status) from exc
+    except (CosClientError, SyntaxError) as exc:
+        raise ResubmitFailed(f"cannot read CI's job list: {exc}") from exc
 
 
 def _service_error(exc: CosServiceError) -> ResubmitFailed | ResubmitRejected:

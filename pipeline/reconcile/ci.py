@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Final
 
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from pipeline.actions.cos import cos_client, error_fields, is_transient
+from pipeline.actions.cos import as_list, ci_time, cos_client, error_fields, is_transient
 from pipeline.errors import ConfigError, PermanentError, TransientError
 from pipeline.settings import Settings
 
 # States CI calls back for; the others (Submitted, Running, Pause) may still change.
 FINAL_STATES: Final = frozenset({"Success", "Failed", "Cancel"})
 PAGE_SIZE: Final = 100  # the most CI gives in one page
-# CI's own time zone, as its examples and answers write times.
-CI_TZ: Final = timezone(timedelta(hours=8))
 
 
 class CiRefused(PermanentError):
@@ -53,17 +51,6 @@ class CiUnavailable(TransientError):
         self.status = status
         self.code = code
         super().__init__(reason)
-
-
-def ci_time(moment: datetime) -> str:
-    """``moment`` (timezone-aware) as CI's list APIs take it: ``2001-01-01T08:00:00+0800``."""
-    return moment.astimezone(CI_TZ).strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def as_list(node: Any) -> list[dict[str, Any]]:
-    """A node the SDK gives as one dict or a list of them, as a list of the dicts."""
-    items = node if isinstance(node, list) else [node]
-    return [item for item in items if isinstance(item, dict)]
 
 
 class CiJobs:

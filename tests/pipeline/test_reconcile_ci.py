@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.reconcile.ci import CiJobs, CiRefused, CiUnavailable, ci_time
+from pipeline.actions.cos import ci_time
+from pipeline.reconcile.ci import CiJobs, CiRefused, CiUnavailable
 from pipeline.settings import Settings
 from tests.peers import CiServer, ci_error, ci_job, serve_ci
 from tests.support import free_port

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import redis
 
-from pipeline.actions.cos import cos_client
+from pipeline.actions.cos import ci_time, cos_client
 from pipeline.actions.resubmit import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_NEVER_RETRY_CODES,
@@ -325,20 +326,124 @@ def test_closed_port_is_transient(store: AttemptStore) -> None:
     assert caught.value.__cause__ is not None
 
 
-def test_an_unreadable_success_answer_is_left_to_a_person(
+def test_an_unreadable_success_answer_is_checked_with_ci_before_a_new_try(
     ci_server: CiServer, store: AttemptStore
 ) -> None:
-    # CI may have created the job: retrying blindly could run it twice.
+    # CI may have created the job: the next try reads CI's job list before submitting.
+    ci_server.creates_jobs = True
     ci_server.answers.append((200, b"<Response><JobsDetail><Code>Success"))
-    with pytest.raises(ResubmitRejected) as caught:
-        resubmit(
-            event(FAILED_TRANSCODE),
-            client=client_for(ci_server.endpoint),
-            attempts=store,
-            attempt=2,
-        )
-    assert caught.value.status == 200
-    assert "unreadable answer" in str(caught.value)
+    ci_server.jobs[BUCKET] = [submitted_job("jmade", FAILED_TRANSCODE_REQUEST)]
+    failed = event(FAILED_TRANSCODE)
+    client = client_for(ci_server.endpoint)
+    with pytest.raises(ResubmitFailed) as caught:
+        resubmit(failed, client=client, attempts=store, attempt=2)
+    assert "answer was lost" in str(caught.value)
+    assert resubmit(failed, client=client, attempts=store, attempt=2) == "jmade"
+    assert len(ci_server.submissions()) == 1
+
+
+def submitted_job(job_id: str, request: dict[str, str]) -> dict[str, Any]:
+    """A job CI created from a submission, as its job list shows it."""
+    return {
+        "JobId": job_id,
+        "Tag": request["Tag"],
+        "State": "Submitted",
+        "CreationTime": ci_time(datetime.now(UTC)),
+        "QueueId": request["QueueId"],
+        "Input": {"Object": request["Input"]},
+        "Operation": {"TemplateId": request["TemplateId"], "UserData": request["UserData"]},
+    }
+
+
+FAILED_TRANSCODE_REQUEST = {
+    "Tag": "Transcode",
+    "QueueId": "p2242ab62c7c94486915508540933a2c6",
+    "Input": "input/demo.mp4",
+    "TemplateId": "t1460606b9752148c4ab182f55163ba7cd",
+    "UserData": "order-42",
+}
+
+
+def test_a_submission_whose_answer_was_lost_is_not_made_twice(
+    ci_server: CiServer, store: AttemptStore
+) -> None:
+    ci_server.creates_jobs = True
+    ci_server.hangups = 1  # CI creates the job, and the answer never comes back
+    failed = event(FAILED_TRANSCODE)
+    client = client_for(ci_server.endpoint)
+    with pytest.raises(ResubmitFailed):
+        resubmit(failed, client=client, attempts=store, attempt=2)
+    [created] = ci_server.jobs[BUCKET]
+    # The next try asks CI first, finds the job, and submits nothing.
+    new_id = resubmit(failed, client=client, attempts=store, attempt=2)
+    assert new_id == created["JobId"]
+    assert len(ci_server.submissions()) == 1
+    assert [r["path"] for r in ci_server.lists()] == ["/jobs"]
+    assert store.resubmitted_as(failed.job_id) == new_id
+    assert store.attempt_of(new_id) == 2
+    # ...and from then on it is known without asking.
+    assert resubmit(failed, client=client, attempts=store, attempt=2) == new_id
+    assert len(ci_server.lists()) == 1
+
+
+def test_a_submission_that_never_reached_ci_is_made_on_the_next_try(
+    ci_server: CiServer, store: AttemptStore
+) -> None:
+    ci_server.creates_jobs = True
+    failed = event(FAILED_TRANSCODE)
+    with pytest.raises(ResubmitFailed):
+        resubmit(failed, client=client_for(f"127.0.0.1:{free_port()}"), attempts=store, attempt=2)
+    # Its outcome is unknown to cicb: CI's list says no such job, so it is submitted now.
+    new_id = resubmit(failed, client=client_for(ci_server.endpoint), attempts=store, attempt=2)
+    assert [j["JobId"] for j in ci_server.jobs[BUCKET]] == [new_id]
+    assert len(ci_server.submissions()) == 1
+
+
+def test_a_refused_submission_gives_its_claim_back(
+    ci_server: CiServer, store: AttemptStore
+) -> None:
+    ci_server.creates_jobs = True
+    ci_server.answers.append((503, CI_ERROR.replace(b"{code}", b"ServiceUnavailable")))
+    failed = event(FAILED_TRANSCODE)
+    client = client_for(ci_server.endpoint)
+    with pytest.raises(ResubmitFailed):
+        resubmit(failed, client=client, attempts=store, attempt=2)
+    # CI answered: it created nothing, and the next try submits without asking.
+    resubmit(failed, client=client, attempts=store, attempt=2)
+    assert len(ci_server.submissions()) == 2 and ci_server.lists() == []
+    assert len(ci_server.jobs[BUCKET]) == 1
+
+
+def test_a_second_try_while_the_first_is_under_way_waits(
+    ci_server: CiServer, store: AttemptStore
+) -> None:
+    failed = event(FAILED_TRANSCODE)
+    assert store.claim(failed.job_id, 2) is None  # another worker is calling CI now
+    with pytest.raises(ResubmitFailed) as caught:
+        resubmit(failed, client=client_for(ci_server.endpoint), attempts=store, attempt=2)
+    assert "under way" in str(caught.value)
+    assert ci_server.submissions() == []
+
+
+def test_a_job_without_user_data_carries_a_marker_it_is_found_by(
+    ci_server: CiServer, store: AttemptStore
+) -> None:
+    ci_server.creates_jobs = True
+    ci_server.hangups = 1
+    body = FAILED_TRANSCODE.replace(b"<UserData>order-42</UserData>", b"")
+    failed = event(body)
+    client = client_for(ci_server.endpoint)
+    with pytest.raises(ResubmitFailed):
+        resubmit(failed, client=client, attempts=store, attempt=2)
+    [request] = ci_server.submissions()
+    marker = f"cicb-resubmit:{failed.job_id}:2"
+    assert ET.fromstring(request["body"]).findtext("Operation/UserData") == marker
+    # Another job of the same input and template, not this one's: not taken for it.
+    other = {**FAILED_TRANSCODE_REQUEST, "UserData": "someone else's"}
+    ci_server.jobs[BUCKET].insert(0, submitted_job("jother", other))
+    [_, created] = ci_server.jobs[BUCKET]
+    assert resubmit(failed, client=client, attempts=store, attempt=2) == created["JobId"]
+    assert len(ci_server.submissions()) == 1
 
 
 def test_an_error_answer_declaring_entities_is_read_as_text_not_expanded(

@@ -9,6 +9,7 @@ session; each test starts from empty cicb keys and queues.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -27,6 +28,7 @@ from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.publishing import Publisher
 from pipeline.settings import get_settings
+from tests.peers import CiServer, serve_ci
 from tests.support import Broker, wait_until
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "tts_success.xml"
@@ -123,6 +125,7 @@ class Tier:
     targets: Targets
     app: Any
     publisher: Publisher
+    ci: CiServer
     # The worker's metric samples when the test started (they add up over the session).
     baseline: dict[tuple[str, frozenset[tuple[str, str]]], float] = field(default_factory=dict)
 
@@ -213,8 +216,16 @@ def tier_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     saved = {k: v for k, v in os.environ.items() if k.startswith("CICB_")}
     for name in saved:
         del os.environ[name]
+    resources = contextlib.ExitStack()
+    ci = resources.enter_context(serve_ci())
     os.environ.update(
-        TIER_SETTINGS, CICB_BROKER_URL=broker.url, CICB_NOTIFY_URLS=",".join(targets.urls)
+        TIER_SETTINGS,
+        CICB_BROKER_URL=broker.url,
+        CICB_NOTIFY_URLS=",".join(targets.urls),
+        # retry_job resubmits to the tier's CI stand-in.
+        CICB_COS_SECRET_ID="AKIDtier0123456789",
+        CICB_COS_SECRET_KEY="tier-secret-key-0123456789",
+        CICB_CI_ENDPOINT=f"http://{ci.endpoint}",
     )
     get_settings.cache_clear()
     app = importlib.import_module("workers.app").app
@@ -233,8 +244,9 @@ def tier_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
             loglevel="WARNING",
             shutdown_timeout=30,
         ):
-            yield Tier(redis=client, targets=targets, app=app, publisher=publisher)
+            yield Tier(redis=client, targets=targets, app=app, publisher=publisher, ci=ci)
     finally:
+        resources.close()
         publisher.close()
         client.close()
         server.shutdown()
@@ -256,5 +268,9 @@ def tier(tier_session: Tier) -> Iterator[Tier]:
             tier_session.redis.delete(*keys)
     tier_session.redis.delete(*QUEUES)
     tier_session.targets.reset()
+    tier_session.ci.requests.clear()
+    tier_session.ci.jobs.clear()
+    tier_session.ci.answers.clear()
+    tier_session.ci.creates_jobs, tier_session.ci.hangups = True, 0
     tier_session.baseline = tier_session.samples()
     yield tier_session
