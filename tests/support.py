@@ -128,6 +128,12 @@ class Broker:
             self.proc.terminate()
             self.proc.wait(20)
 
+    def kill(self) -> None:
+        """SIGKILL: the machine under it dies (its append-only file keeps every write)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(20)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -10,6 +10,7 @@ the settings when Celery first needs it, and the worker's resources are built as
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from celery import Celery, bootsteps
 from celery.signals import setup_logging, worker_process_init
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from pipeline import logs
 from pipeline.brokers.kind import kind_of
@@ -31,6 +33,8 @@ from workers.sweeper import Sweeper, forget_finished
 EX_CONFIG = 78
 # Sent by Celery beat; workers.reconcile runs it.
 RECONCILE_TASK = "cicb.reconcile"
+# A worker that lost its broker tries again at least this often (Celery's waits grow to 30 s).
+RECONNECT_MAX_S = 1.0
 
 T = TypeVar("T")
 
@@ -79,6 +83,7 @@ def configuration() -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
+        "worker_consumer": "workers.app:Consumer",
         "timezone": "UTC",
         "beat_schedule": beat_schedule(settings),
         # The schedule is that one entry, rebuilt as beat starts: no schedule file to keep.
@@ -112,6 +117,20 @@ class Start(bootsteps.Step):  # type: ignore[misc]
         res = stop_on_bad_settings(resources)
         if res.inflight is not None:
             forget_finished(res.inflight)
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, trying a lost broker again every ``RECONNECT_MAX_S`` at most, so
+    what a worker held runs again seconds after the broker is back, not half a minute."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=0.5,
+            interval_step=0.5,
+            interval_max=RECONNECT_MAX_S,
+        )
+        return super().ensure_connected(conn)
 
 
 app = Celery("cicb")

@@ -23,14 +23,12 @@ is the callback's end-to-end latency.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-import redis
 from celery import Task
 from celery.exceptions import Ignore, Retry
 from celery.utils.time import get_exponential_backoff_interval
@@ -40,7 +38,7 @@ from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.errors import PermanentError, TransientError
 from pipeline.settings import Settings
 from workers.metrics import worker_metrics
-from workers.resources import Resources, resources
+from workers.resources import resources
 
 log = logs.get_logger("cicb.task")
 
@@ -120,12 +118,17 @@ class PipelineTask(Task):  # type: ignore[misc]
             raise Ignore()
         if start.state == "leased":
             self._wait_for_lease(start.wait_s)
-        if start.deliveries > res.runs.max_deliveries:
-            raise RedeliveryLimit(start.deliveries, res.runs.max_deliveries)
         try:
+            if start.deliveries > res.runs.max_deliveries:
+                raise RedeliveryLimit(start.deliveries, res.runs.max_deliveries)
             result = self._run(args, kwargs)
         except Retry:
-            self._retried(res, task_id, owner)
+            res.retried(task_id, self.request.retries, owner)
+            raise
+        except BaseException:
+            # Failed (dead-lettered next), or its retry could not be sent (Celery rejects
+            # the message; its in-flight record brings it back): the lease is free.
+            res.released(task_id, owner)
             raise
         res.finished(task_id, owner, forget=not self._continues())
         return "done", result
@@ -138,13 +141,6 @@ class PipelineTask(Task):  # type: ignore[misc]
         self.signature_from_request(countdown=countdown).apply_async()
         self._count("deferred")
         raise Ignore()
-
-    def _retried(self, res: Resources, task_id: str, owner: str) -> None:
-        assert res.runs is not None
-        try:
-            res.runs.retried(task_id, self.request.retries, owner)
-        except redis.RedisError as exc:  # the lease expires by itself
-            log.warning("task.retry_not_recorded", error=str(exc))
 
     def _continues(self) -> bool:
         """Whether a step of a chain follows this task (Celery sends it once this returns)."""
@@ -184,15 +180,6 @@ class PipelineTask(Task):  # type: ignore[misc]
             kwargs={**(self.request.kwargs or {}), **exc.replay_kwargs},
         )
 
-    def _given_up(self, task_id: str) -> None:
-        """Dead-lettered: the lease is free (a replay may run it) and the message no longer
-        kept."""
-        res = resources()
-        if res.runs is not None:
-            with contextlib.suppress(redis.RedisError):  # the lease expires by itself
-                res.runs.release(task_id, res.owner())
-        res.forget(task_id)
-
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -210,7 +197,7 @@ class PipelineTask(Task):  # type: ignore[misc]
         if (envelope := letter.envelope()) is not None:
             letter = dataclasses.replace(letter, received_at=envelope.received_at.isoformat())
         DeadLetterQueue(self.app.connection_for_write).put(letter)
-        self._given_up(task_id)
+        resources().forget(task_id)  # kept by the dead letter now
         self._count("dead_lettered", letter.error)
         log.error(
             "dead_lettered",

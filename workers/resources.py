@@ -15,6 +15,7 @@ import functools
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -99,21 +100,36 @@ class Resources:
     def finished(self, task_id: str, owner: str, *, forget: bool) -> None:
         """A task finished: its completion record and its lease released, and with
         ``forget`` its message no longer kept in flight, in one round trip when both live in
-        one Redis. While Redis is away it keeps trying (up to ``FINISH_PATIENCE_S``): its
-        lease is still held, so no copy runs it again meanwhile."""
-        if self.runs is None:
-            return
+        one Redis."""
+        if (runs := self.runs) is not None:
+            inflight = self.inflight if forget else None
+            self._patiently("finish", task_id, lambda: runs.finish(task_id, owner, forget=inflight))
+
+    def retried(self, task_id: str, attempt: int, owner: str) -> None:
+        """A task scheduled its next attempt: ``attempt`` is superseded, the lease free."""
+        if (runs := self.runs) is not None:
+            self._patiently("retry", task_id, lambda: runs.retried(task_id, attempt, owner))
+
+    def released(self, task_id: str, owner: str) -> None:
+        """A task ended without finishing (it failed, or could not schedule its retry)."""
+        if (runs := self.runs) is not None:
+            self._patiently("release", task_id, lambda: runs.release(task_id, owner))
+
+    def _patiently(self, end: str, task_id: str, write: Callable[[], None]) -> None:
+        """Write how a task ended; while Redis is away, keep trying for up to
+        ``FINISH_PATIENCE_S``. Its lease is still held meanwhile, so no copy runs the task
+        again before Redis knows what this run did."""
         deadline = time.monotonic() + FINISH_PATIENCE_S
         while True:
             try:
-                self.runs.finish(task_id, owner, forget=self.inflight if forget else None)
+                write()
                 return
             except redis.RedisError as exc:
                 if time.monotonic() > deadline:
-                    # At worst a copy of this message, once its lease expires, runs it again.
-                    log.warning("task.finish_not_recorded", task_id=task_id, error=str(exc))
+                    # At worst a copy of this message, once the lease expires, runs it again.
+                    log.warning("task.end_not_recorded", end=end, task_id=task_id, error=str(exc))
                     return
-                log.info("task.finish_waiting_for_redis", task_id=task_id, error=str(exc))
+                log.info("task.waiting_for_redis", end=end, task_id=task_id, error=str(exc))
                 time.sleep(FINISH_RETRY_S)
 
     def forget(self, task_id: str) -> None:

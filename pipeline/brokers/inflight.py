@@ -19,9 +19,9 @@ record when it is due and sorts it:
   still on its list (checked with ``LPOS`` only when a worker's connection broke or a worker
   died since the message was published: the only ways a taken message is lost unrecorded);
 - **lost**: none of these, twice, ``confirm_s`` apart (a worker that took it a moment ago says
-  so at its next heartbeat). A lost message is pushed again with a new delivery tag and the
-  same task id, and kombu's own record of the old delivery is dropped, so it does not come
-  back a second time two hours later.
+  so at its next heartbeat). A lost message is pushed again, at the front of its queue, with
+  a new delivery tag and the same task id, and kombu's own record of the old delivery is
+  dropped, so it does not come back a second time two hours later.
 
 The running step's lease (``pipeline.guard``) and its completion record make a copy that was
 not needed harmless: it waits for the lease, then finds the step done.
@@ -221,7 +221,8 @@ for i = 2, #ARGV, 4 do
       redis.call('HSET', KEYS[3], id, cjson.encode(m))
       redis.call('HDEL', KEYS[4], id)
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
-      redis.call('LPUSH', m.q, ARGV[i + 2])
+      -- At the front of its queue: it was taken before everything waiting there.
+      redis.call('RPUSH', m.q, ARGV[i + 2])
       done = done + 1
     end
   end

@@ -23,10 +23,30 @@ SAMPLE_STATE = b"<State>Success</State>"
 assert TEMPLATE.count(SAMPLE_JOB_ID) == 1 and TEMPLATE.count(SAMPLE_STATE) == 1
 
 
+FAILED_TEMPLATE = (ROOT / "tests" / "samples" / "transcode_failed.xml").read_bytes()
+FAILED_JOB_ID = b"j7d0eafdaf86c11ecbdf419856486c0ab"
+FAILED_INPUT = b"<Object>input/demo.mp4</Object>"
+assert FAILED_TEMPLATE.count(FAILED_JOB_ID) == 1 and FAILED_TEMPLATE.count(FAILED_INPUT) == 1
+# What cicb_env shortens for speed, and scenarios whose outcome the defaults decide leave out.
+SHORTENED = ("CICB_RETRY_BACKOFF_S", "CICB_RETRY_BACKOFF_MAX_S")
+
+
 def callback(n: int, state: str = "Success") -> bytes:
     """A distinct TTS callback: job ``jrel<n>`` in ``state``."""
     body = TEMPLATE.replace(SAMPLE_JOB_ID, f"jrel{n:08d}".encode())
     return body.replace(SAMPLE_STATE, f"<State>{state}</State>".encode())
+
+
+def failed_callback(n: int) -> bytes:
+    """A Failed transcode of job ``jrel<n>``, of input ``input/jrel<n>.mp4``: resubmitted
+    by the default route when the COS keys are set."""
+    body = FAILED_TEMPLATE.replace(FAILED_JOB_ID, f"jrel{n:08d}".encode())
+    return body.replace(FAILED_INPUT, f"<Object>input/jrel{n:08d}.mp4</Object>".encode())
+
+
+def at_defaults(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the settings ``cicb_env`` shortens: what ``cicb up`` runs with."""
+    return {k: v for k, v in env.items() if k not in SHORTENED}
 
 
 @dataclass
