@@ -45,7 +45,6 @@ from tests.support import (
 pytestmark = pytest.mark.reliability
 
 
-
 KILL_AFTER = (200, 900)  # the target's requests whose answers wait for a kill
 KILLS = len(KILL_AFTER)
 WORKER_PROCESSES = 2  # tests.support.start_worker runs -c 2
@@ -343,9 +342,7 @@ def outage(
         refused = [t for _, s, t in statuses if s == 503]
         submissions = resubmitted(ci)
         not_recorded = [
-            line
-            for line in log_lines(worker.log())
-            if line.get("event") == "task.end_not_recorded"
+            line for line in log_lines(worker.log()) if line.get("event") == "task.end_not_recorded"
         ]
         report(
             "broker outage (defaults, Redis SIGKILLed 5 s)",
