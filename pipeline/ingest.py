@@ -96,4 +96,6 @@ def outcome_of(event: Event, route: Route | None, outcome: str) -> dict[str, Any
         "source": event.source,
         "route": route.name if route else None,
         "outcome": outcome,
+        # The deduplication key: the route's steps are named after it (Route.step_ids).
+        "key": event.dedup_key,
     }

@@ -11,6 +11,7 @@ Registration is explicit: ``load_routes`` imports the named modules and reads th
 from __future__ import annotations
 
 import importlib
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -45,6 +46,9 @@ class Explainable(Routable, Protocol):
     """An event whose route can be explained: its ids come from its JSON form."""
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+STEP_NAMESPACE = uuid.UUID("0b7a6c1e-4f1d-5c2a-9e57-1c1b0f6d2a11")
 
 
 def _names(value: object, what: str) -> tuple[str, ...]:
@@ -99,6 +103,15 @@ class Route:
             and _matches(self.tag, event.tag)
             and _matches(self.state, event.state)
         )
+
+    def step_ids(self, key: str) -> list[str]:
+        """The task id of each step of the chain for the callback whose deduplication key is
+        ``key``: derived from both, so a chain dispatched twice names its steps the same, and
+        a step's records (lease, completion, message in flight) can be found from the key."""
+        return [
+            str(uuid.uuid5(STEP_NAMESPACE, f"{key}|{self.name}|{i}|{task}"))
+            for i, task in enumerate(self.chain)
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -26,8 +26,8 @@ from typing import Any, Literal, cast
 
 import redis
 
+from pipeline.brokers.inflight import DUE_KEY, SUSPECTS_KEY, Inflight
 from pipeline.brokers.inflight import KEYS as INFLIGHT_KEYS
-from pipeline.brokers.inflight import Inflight
 from pipeline.errors import TransientError
 
 PREFIX = "cicb:"
@@ -181,6 +181,27 @@ class TaskRuns:
                 args=[int(self.lease_s * 1000), *(owners[i] for i in ids)],
             )
         )
+
+    def states(self, task_ids: Iterable[str], inflight: Inflight | None) -> dict[str, str]:
+        """What each task is now, for a person: ``done``, ``running`` (its lease held),
+        ``lost`` (its message on no queue and held by no live worker: being published
+        again), ``in flight`` (its message waiting or held by a worker), or ``not started``
+        (none of these: not yet sent, or its records expired)."""
+        ids = list(task_ids)
+        found = self.settled(ids)
+        rest = [i for i in ids if i not in found]
+        if inflight is not None and rest:
+            pipe = inflight.client.pipeline(transaction=False)
+            for task_id in rest:
+                pipe.zscore(DUE_KEY, task_id)
+                pipe.hexists(SUSPECTS_KEY, task_id)
+            answers = pipe.execute()
+            for i, task_id in enumerate(rest):
+                if answers[2 * i + 1]:
+                    found[task_id] = "lost"
+                elif answers[2 * i] is not None:
+                    found[task_id] = "in flight"
+        return {i: found.get(i, "not started") for i in ids}
 
     def settled(self, task_ids: Iterable[str]) -> dict[str, str]:
         """Of ``task_ids``, those ``done`` and those ``running`` (a lease held)."""

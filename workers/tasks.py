@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +26,6 @@ from workers.resources import resources
 
 log = logs.get_logger("cicb.tasks")
 
-TASK_ID_NAMESPACE = uuid.UUID("0b7a6c1e-4f1d-5c2a-9e57-1c1b0f6d2a11")
 # What Flower shows of a step's argument: which callback it is. Celery's own repr of the
 # whole event would cost more than a short step does.
 SHOWN_FIELDS = ("event", "job_id", "run_id", "tag", "state")
@@ -41,11 +39,11 @@ def route_table() -> RouteTable:
 def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: datetime) -> None:
     """Start the route's chain on ``actions``; every task gets the event, not the last result.
 
-    Each step's task id is derived from the callback's deduplication key, so if this
-    dispatch happens twice (its worker died before recording it), the second copy of a step
-    that already ran finds its completion record and does nothing. Each step's headers name
-    the route and when the callback was received; the last's say it is the last
-    (``workers.base``).
+    Each step's task id is derived from the callback's deduplication key (``Route.step_ids``),
+    so if this dispatch happens twice (its worker died before recording it), the second copy
+    of a step that already ran finds its completion record and does nothing. Each step's
+    headers name the route and when the callback was received; the last's say it is the
+    last (``workers.base``).
     """
     unknown = [name for name in route.chain if name not in app.tasks]
     if unknown:
@@ -57,7 +55,7 @@ def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: date
             name,
             args=(event,),
             immutable=True,
-            task_id=str(uuid.uuid5(TASK_ID_NAMESPACE, f"{key}|{route.name}|{i}|{name}")),
+            task_id=task_id,
             argsrepr=shown,
             headers={
                 ROUTE_HEADER: route.name,
@@ -65,7 +63,7 @@ def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: date
                 LAST_STEP_HEADER: i == len(route.chain) - 1,
             },
         )
-        for i, name in enumerate(route.chain)
+        for i, (name, task_id) in enumerate(zip(route.chain, route.step_ids(key), strict=True))
     ]
     try:
         chain(*steps).apply_async()

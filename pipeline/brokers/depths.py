@@ -1,4 +1,5 @@
-"""How much work waits on the broker: each queue's depth and the age of the oldest callback.
+"""How much work waits on the broker: each queue's depth, the age of the oldest callback, and
+(on Redis) the task messages in flight and those found lost, on their way back.
 
 Read when asked (a Prometheus scrape, the console's overview), in one round trip on Redis,
 without walking a queue: a list's length, and its oldest message (kombu pushes on the left
@@ -18,6 +19,7 @@ import orjson
 import redis
 
 from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.inflight import DUE_KEY, SUSPECTS_KEY
 from pipeline.brokers.kind import BrokerKind
 from pipeline.brokers.queues import (
     ACTIONS_QUEUE,
@@ -41,6 +43,11 @@ class Depths:
     # empty, or the broker cannot show it (``age_known`` False).
     oldest_ingest_received_at: datetime | None
     age_known: bool
+    # Task messages published and not finished (waiting, held by a worker, running), and
+    # of those the ones found on no queue and held by no live worker, being published
+    # again (``pipeline.brokers.inflight``). None where the broker keeps them itself.
+    in_flight: int | None = None
+    lost: int | None = None
 
     def oldest_ingest_age_s(self, now: datetime) -> float | None:
         """How long the oldest waiting callback has waited (0 when none waits), or None when
@@ -97,11 +104,15 @@ class QueueDepths:
         for name in WATCHED_QUEUES:
             pipe.llen(name)
         pipe.lindex(INGEST_QUEUE, -1)
-        *lengths, oldest = pipe.execute()
+        pipe.zcard(DUE_KEY)
+        pipe.hlen(SUSPECTS_KEY)
+        *lengths, oldest, in_flight, lost = pipe.execute()
         return Depths(
             messages=dict(zip(WATCHED_QUEUES, (int(n) for n in lengths), strict=True)),
             oldest_ingest_received_at=received_at_of(oldest) if oldest else None,
             age_known=True,
+            in_flight=int(in_flight),
+            lost=int(lost),
         )
 
     def _read_declared(self) -> Depths:

@@ -100,7 +100,10 @@ class Group:
 @dataclass(frozen=True, slots=True)
 class Step:
     task: str
-    outcome: str  # "dead-lettered", "not run", or "no dead letter"
+    # "dead-lettered", "not run" (a step before it was dead-lettered), or what its records
+    # say (pipeline.runs.TaskRuns.states): "done", "running", "in flight", "lost" (being
+    # published again), "not started".
+    outcome: str
     letter: DeadLetter | None = None
 
 
@@ -140,6 +143,7 @@ class Queries:
         attempts: AttemptStore | None,
         workers_online: Callable[[], list[str]],
         resend: Callable[[], tuple[Resend, Callable[[], None]]],
+        step_states: Callable[[list[str]], dict[str, str]] = lambda ids: {},
     ) -> None:
         self.settings = settings
         self.archive = archive
@@ -150,6 +154,7 @@ class Queries:
         self.attempts = attempts
         self._workers_online = workers_online
         self._resend = resend
+        self._step_states = step_states
         self.scan_limit = settings.console_scan_limit
 
     # -- overview ---------------------------------------------------------------------------
@@ -206,7 +211,8 @@ class Queries:
     def steps(self, events: tuple[dict[str, Any], ...]) -> list[list[Step]]:
         """For each event, each step of its route's chain with the dead letter it left among
         the oldest ``scan_limit`` (read once): the steps after a dead-lettered one did not
-        run. None for an event whose route did not start."""
+        run; the others are as their records say (done, running, in flight...). None for an
+        event whose route did not start."""
         routes = {r.name: r for r in self.table.routes}
         started = [
             routes.get(e.get("route") or "") if e.get("outcome") == "dispatched" else None
@@ -214,10 +220,15 @@ class Queries:
         ]
         letters = self.dead_letters.peek(self.scan_limit)[0] if any(started) else []
         found: list[list[Step]] = []
-        for event, route in zip(events, started, strict=True):
+        step_ids = [
+            route.step_ids(event["key"]) if route and event.get("key") else []
+            for event, route in zip(events, started, strict=True)
+        ]
+        states = self._step_states([i for ids in step_ids for i in ids])
+        for event, route, task_ids in zip(events, started, step_ids, strict=True):
             steps: list[Step] = []
             ids, stopped = event_ids(event), False
-            for task in route.chain if route else ():
+            for n, task in enumerate(route.chain if route else ()):
                 letter = next((d for d in letters if d.task == task and _names(d, ids)), None)
                 if stopped:
                     steps.append(Step(task, "not run"))
@@ -225,7 +236,8 @@ class Queries:
                     steps.append(Step(task, "dead-lettered", letter))
                     stopped = True
                 else:
-                    steps.append(Step(task, "no dead letter"))
+                    state = states.get(task_ids[n]) if task_ids else None
+                    steps.append(Step(task, state or "no dead letter"))
             found.append(steps)
         return found
 

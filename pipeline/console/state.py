@@ -21,6 +21,7 @@ from pipeline.console.auth import Guard
 from pipeline.console.queries import Queries, Resend
 from pipeline.reconcile.store import ReconcileStore
 from pipeline.routing import table_for
+from pipeline.runs import TaskRuns
 from pipeline.settings import Settings
 
 HERE = Path(__file__).parent
@@ -88,4 +89,23 @@ def queries_of(settings: Settings, workers_online: Callable[[], list[str]] | Non
         attempts=AttemptStore(client) if client is not None else None,
         workers_online=workers_online or workers_online_of(settings),
         resend=resend,
+        step_states=step_states_of(settings, client),
     )
+
+
+def step_states_of(
+    settings: Settings, client: redis.Redis | None
+) -> Callable[[list[str]], dict[str, str]]:
+    """What the steps of a route are now, from their records (nothing without Redis)."""
+    if client is None:
+        return lambda ids: {}
+    runs = TaskRuns(client, ttl_s=settings.dedup_ttl_s, max_deliveries=settings.max_deliveries)
+    inflight = kind_of(settings).inflight(client)
+
+    def read(ids: list[str]) -> dict[str, str]:
+        try:
+            return runs.states(ids, inflight) if ids else {}
+        except redis.RedisError:
+            return {}
+
+    return read

@@ -68,6 +68,18 @@ class _QueueCollector(Collector):
                 "How long the oldest callback waiting on ingest has waited (0: none waits).",
                 value=age_s,
             )
+        if depths.in_flight is not None:
+            yield GaugeMetricFamily(
+                "cicb_inflight_messages",
+                "Task messages published and not finished: waiting, held by a worker, running.",
+                value=depths.in_flight,
+            )
+        if depths.lost is not None:
+            yield GaugeMetricFamily(
+                "cicb_inflight_lost_messages",
+                "Task messages on no queue and held by no live worker: being published again.",
+                value=depths.lost,
+            )
 
 
 class BodyTooLarge(Exception):

@@ -170,9 +170,11 @@ def test_a_dead_lettered_body_names_the_events_it_holds_when_it_can_be_read() ->
         "source": "callback",
         "route": "tts",
         "outcome": DEAD_LETTERED,
+        "key": "TaskFinish:j707f4864f86811ecb90d0b03267ce0e5:Success",
     }
     [replayed] = dead_lettered_outcomes(envelope(body, source="replay", scope="s1"), None)
     assert (replayed["source"], replayed["route"]) == ("replay", None)
+    assert replayed["key"] == "TaskFinish:j707f4864f86811ecb90d0b03267ce0e5:Success@s1"
     assert dead_lettered_outcomes(envelope(b"\x00garbage"), table) == []
 
 

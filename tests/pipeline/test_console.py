@@ -17,6 +17,7 @@ from pipeline.actions.resubmit import AttemptStore
 from pipeline.archive import Archive
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.queues import connection
 from pipeline.console.app import create_app
 from pipeline.console.auth import COOKIE, Guard
@@ -24,6 +25,7 @@ from pipeline.errors import ConfigError
 from pipeline.parsing import parse
 from pipeline.parsing.events import JobEvent
 from pipeline.reconcile.store import ReconcileStore
+from pipeline.routing import table_for
 from pipeline.settings import Settings
 from tests.support import SAMPLES, Lines, free_port, logged
 
@@ -376,6 +378,41 @@ def test_a_failed_step_links_its_dead_letter_and_the_steps_after_it_did_not_run(
         text = words(c.get(f"/callbacks/{entry_id}").text)
     assert "cicb.notify: dead-lettered (TargetsRejected)" in text
     assert "cicb.copy_output: not run" in text
+
+
+def test_each_step_says_what_its_records_say_until_it_is_done(
+    archive: Archive, broker_url: str
+) -> None:
+    settings = Settings(
+        broker_url=broker_url,
+        broker_configured=True,
+        console_token=CONSOLE_TOKEN,
+        copy_dest="s3://b/",
+    )
+    key = "TaskFinish:jheld:Success"
+    [route] = [r for r in table_for(settings).routes if r.name == "job-succeeded"]
+    notify_id, copy_id = route.step_ids(key)
+    redis_client = redis.Redis.from_url(broker_url)
+    entry_id = record(archive, b"<a/>", request_id="r1", events=[job_event("jheld", key=key)])
+    with TestClient(create_app(settings, workers_online=list), follow_redirects=False) as c:
+        c.post("/signin", data={"token": CONSOLE_TOKEN})
+
+        def steps() -> str:
+            return words(c.get(f"/callbacks/{entry_id}").text)
+
+        assert "cicb.notify: not started" in steps()
+        # Published: its message waits, or a worker holds it.
+        Inflight(redis_client).publish("actions", [(notify_id, b"{}", "tag-1")])
+        assert "cicb.notify: in flight" in steps()
+        # Its worker lost it (Redis went away): held by nobody, it is being published again.
+        redis_client.hset("cicb:inflight:lost", notify_id, 0)
+        assert "cicb.notify: lost" in steps()
+        redis_client.set(f"cicb:lease:{notify_id}", "w/1")
+        assert "cicb.notify: running" in steps()
+        redis_client.set(f"cicb:done:{notify_id}", 1)
+        text = steps()
+        assert "cicb.notify: done" in text and "cicb.copy_output: not started" in text
+    assert copy_id != notify_id
 
 
 def test_a_jobs_timeline_is_in_time_order_with_how_late_and_the_job_a_resubmission_made(

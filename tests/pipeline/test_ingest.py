@@ -82,6 +82,7 @@ def test_a_routed_callback_starts_its_route_and_is_remembered(
         "source": "callback",
         "route": "tts",
         "outcome": DISPATCHED,
+        "key": "TaskFinish:j1:Success",
     }
     assert dispatch.calls == [("tts", "j1", "TaskFinish:j1:Success")]
     # Kept for the retention window, not for the short claim.

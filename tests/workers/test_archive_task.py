@@ -56,6 +56,7 @@ def test_a_routed_callback_is_archived_with_its_envelope_and_route(tier: Tier) -
             "source": "callback",
             "route": "steps",
             "outcome": "dispatched",
+            "key": "TaskFinish:jarch-routed:Success",
         },
     )
 
