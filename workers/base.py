@@ -137,8 +137,14 @@ class PipelineTask(Task):  # type: ignore[misc]
         """Another copy of this message is running: send this one back to look again once
         the lease would expire (it is renewed while its holder lives), then drop it."""
         countdown = max(wait_s, 0.5) + random.uniform(0, 0.5)
-        log.info("task.deferred", wait_s=round(countdown, 2))
-        self.signature_from_request(countdown=countdown).apply_async()
+        try:
+            self.signature_from_request(countdown=countdown).apply_async()
+        except Exception as exc:
+            # Dropped, not dead-lettered: if the holder dies too, its own message comes back
+            # (the in-flight sweep on Redis, RabbitMQ's redelivery of what it never acked).
+            log.warning("task.deferral_not_sent", error=repr(exc))
+        else:
+            log.info("task.deferred", wait_s=round(countdown, 2))
         self._count("deferred")
         raise Ignore()
 
