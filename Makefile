@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean test-fast mutate
+.PHONY: run test lint typecheck bench clean test-fast test-cluster mutate
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 # The fast test tiers: unit tests and the in-process worker tier (no subprocess stacks).
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/pipeline tests/workers -q
+
+# The cluster scenarios: Valkey with Sentinel, receivers and workers on test hosts built
+# from network namespaces (tests/cluster; needs root, ip and iptables).
+test-cluster: $(STAMP)
+	$(PY) -m pytest tests/cluster -m cluster -v
 
 # Mutation testing (mutmut, [tool.mutmut] in pyproject.toml) of the modules that keep the
 # delivery promises, against the fast tiers; results in mutants/, survivors listed at the end.

@@ -15,6 +15,7 @@ from typing import cast
 
 import redis
 
+from pipeline.endpoints import Replicas
 from pipeline.errors import TransientError
 
 DEFAULT_CLAIM_TTL_S = 600
@@ -36,9 +37,15 @@ class Guard:
     """Deduplication claims in one Redis."""
 
     def __init__(
-        self, client: redis.Redis, *, dedup_ttl_s: int, claim_ttl_s: int = DEFAULT_CLAIM_TTL_S
+        self,
+        client: redis.Redis,
+        *,
+        dedup_ttl_s: int,
+        claim_ttl_s: int = DEFAULT_CLAIM_TTL_S,
+        replicas: Replicas | None = None,
     ) -> None:
         self._redis = client
+        self._replicas = replicas or Replicas()
         self._dedup_ttl_s = dedup_ttl_s
         self._claim_ttl_s = claim_ttl_s
         self._release = client.register_script(_RELEASE)
@@ -58,11 +65,18 @@ class Guard:
             raise GuardUnavailable(f"cannot claim {key}: {exc}") from exc
 
     def confirm(self, key: str) -> None:
-        """The callback's route has started: keep the key for the retention window."""
+        """The callback's route has started: keep the key for the retention window (with
+        ``CICB_MIN_REPLICAS``, on that many replicas too, and the route's first step with
+        it, so a failover does not forget that the route ran). Raises ``GuardUnavailable``
+        or ``NotReplicated`` (retried: the next delivery finds the key and skips)."""
         try:
-            self._redis.set(PREFIX + "dedup:" + key, DONE, ex=self._dedup_ttl_s)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(PREFIX + "dedup:" + key, DONE, ex=self._dedup_ttl_s)
+            self._replicas.wait(pipe)
+            answers = pipe.execute()
         except redis.RedisError as exc:
             raise GuardUnavailable(f"cannot confirm {key}: {exc}") from exc
+        self._replicas.check(answers)
 
     def release(self, key: str, *, owner: str) -> None:
         """Give the claim back after a failure, so a later delivery can run the route."""

@@ -28,6 +28,7 @@ import redis
 
 from pipeline.brokers.inflight import DUE_KEY, SUSPECTS_KEY, Inflight
 from pipeline.brokers.inflight import KEYS as INFLIGHT_KEYS
+from pipeline.endpoints import Replicas
 from pipeline.errors import TransientError
 
 PREFIX = "cicb:"
@@ -118,8 +119,10 @@ class TaskRuns:
         ttl_s: int,
         max_deliveries: int,
         lease_s: float = DEFAULT_LEASE_S,
+        replicas: Replicas | None = None,
     ) -> None:
         self.client = client
+        self._replicas = replicas or Replicas()
         self._ttl_s = ttl_s
         self.max_deliveries = max_deliveries
         self.lease_s = lease_s
@@ -150,12 +153,16 @@ class TaskRuns:
     def finish(self, task_id: str, owner: str, *, forget: Inflight | None = None) -> None:
         """The task finished: record it and release the lease; with ``forget``, its message
         is no longer kept in flight (in the same script when it lives in the same Redis).
-        Raises ``redis.RedisError``."""
+        With ``CICB_MIN_REPLICAS``, the record is on that many replicas when this returns.
+        Raises ``redis.RedisError``, ``NotReplicated``."""
         keys = [done_key(task_id), lease_key(task_id)]
         same = forget is not None and forget.client is self.client
         if same:
             keys += list(INFLIGHT_KEYS)
-        self._finish(keys=keys, args=[owner, self._ttl_s, task_id])
+        pipe = self.client.pipeline(transaction=False)
+        self._finish(keys=keys, args=[owner, self._ttl_s, task_id], client=pipe)
+        self._replicas.wait(pipe)
+        self._replicas.check(pipe.execute())
         if forget is not None and not same:
             forget.forget(task_id)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.endpoints import REDIS_SCHEMES, RedisEndpoint
 from pipeline.errors import ConfigError
 
 T = TypeVar("T")
@@ -114,6 +115,14 @@ class Settings:
     )
     broker_configured: bool = setting("BROKER_URL", default=False, parse=is_set)
     redis_url: str | None = setting("REDIS_URL", default=None, parse=text)
+    # Sentinel (pipeline.brokers.endpoints): the primary's name, and the Sentinels' password.
+    sentinel_master: str = setting("SENTINEL_MASTER", default="mymaster", parse=text)
+    sentinel_password: str | None = setting(
+        "SENTINEL_PASSWORD", default=None, parse=verbatim, secret=True
+    )
+    # A write that must outlive a failover waits until this many replicas have it (WAIT).
+    min_replicas: int = setting("MIN_REPLICAS", default=0, parse=integer)
+    replica_timeout_ms: int = setting("REPLICA_TIMEOUT_MS", default=1000, parse=integer)
     # Receiver.
     receiver_host: str = setting("RECEIVER_HOST", default=DEFAULT_HOST, parse=text)
     receiver_port: int = setting("RECEIVER_PORT", default=8080, parse=integer)
@@ -202,6 +211,11 @@ class Settings:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ConfigError(f"CICB_ALLOWED_CIDRS: {cidr!r} is not a network") from exc
+        self._check_redis_urls()
+        if self.min_replicas < 0 or self.replica_timeout_ms < 1:
+            raise ConfigError(
+                "CICB_MIN_REPLICAS must be 0 or more and CICB_REPLICA_TIMEOUT_MS at least 1"
+            )
         if not 0 < self.step_lease_renew_s < self.step_lease_s:
             raise ConfigError(
                 "CICB_STEP_LEASE_RENEW_S must be more than 0 and less than CICB_STEP_LEASE_S "
@@ -223,6 +237,20 @@ class Settings:
         for queue in self.reconcile_queues:
             if len(queue.split(":")) != 3 or not all(queue.split(":")):
                 raise ConfigError(f"CICB_RECONCILE_QUEUES: {queue!r} is not BUCKET:REGION:QUEUE_ID")
+
+    def _check_redis_urls(self) -> None:
+        """A Redis address that cannot be one stops the process (ConfigError)."""
+        urls = {"CICB_REDIS_URL": self.redis_url}
+        if self.broker_url.split("://", 1)[0].lower() in REDIS_SCHEMES:
+            urls["CICB_BROKER_URL"] = self.broker_url
+        for name, url in urls.items():
+            if url is not None:
+                RedisEndpoint.parse(
+                    url,
+                    master=self.sentinel_master,
+                    sentinel_password=self.sentinel_password,
+                    setting=name,
+                )
 
     @property
     def cos_configured(self) -> bool:

@@ -276,12 +276,15 @@ def _response(inner: str) -> bytes:
 
 
 @contextmanager
-def serve_ci(ci: CiServer | None = None) -> Iterator[CiServer]:
-    """A ``CiServer`` on a free loopback port answering the submit-job API (``POST /jobs``,
-    with its ``answers``) and the list and query APIs (from its ``jobs`` and ``runs``)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+def serve_ci(
+    ci: CiServer | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[CiServer]:
+    """A ``CiServer`` on ``host:port`` (a free loopback port by default) answering the
+    submit-job API (``POST /jobs``, with its ``answers``) and the list and query APIs (from
+    its ``jobs`` and ``runs``)."""
+    server = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)
     ci = CiServer(endpoint="") if ci is None else ci
-    ci.endpoint = f"127.0.0.1:{server.server_address[1]}"
+    ci.endpoint = f"{host}:{server.server_address[1]}"
     api = CiApi(ci)
     served: CiServer = ci
 

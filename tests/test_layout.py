@@ -17,7 +17,12 @@ PACKAGES = ("pipeline", "workers")
 # What each part may import of the project, besides itself (prefixes).
 ALLOWED = {
     "pipeline.parsing": ("pipeline.errors", "pipeline.logs", "pipeline.settings"),
-    "pipeline.brokers": ("pipeline.errors", "pipeline.logs", "pipeline.settings"),
+    "pipeline.brokers": (
+        "pipeline.errors",
+        "pipeline.logs",
+        "pipeline.settings",
+        "pipeline.endpoints",
+    ),
     "pipeline.actions": (
         "pipeline.errors",
         "pipeline.logs",
@@ -47,6 +52,8 @@ ALLOWED = {
         "pipeline.brokers",
         "pipeline.reconcile.store",
         "pipeline.actions.resubmit",
+        "pipeline.runs",
+        "pipeline.endpoints",
         "pipeline.logguard",
         "pipeline.times",
     ),

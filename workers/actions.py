@@ -47,10 +47,10 @@ def s3_for(region: str | None) -> S3Client:
 
 @functools.cache
 def attempt_store() -> AttemptStore:
-    state_url = resources().kind.state_url
-    if not state_url:
+    client = resources().client
+    if client is None:
         raise ConfigError("retry_job keeps attempt counts in Redis: set CICB_REDIS_URL")
-    return AttemptStore.from_url(state_url)
+    return AttemptStore(client)
 
 
 def ci_client(region: str) -> Any:

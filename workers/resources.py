@@ -27,7 +27,8 @@ from pipeline.actions.signing import webhook_secret_bytes
 from pipeline.actions.targets import Target
 from pipeline.archive import Archive
 from pipeline.brokers.inflight import Inflight
-from pipeline.brokers.kind import BrokerKind, kind_of
+from pipeline.brokers.kind import BrokerKind, kind_of, replicas_of
+from pipeline.endpoints import NotReplicated
 from pipeline.guard import Guard
 from pipeline.runs import TaskRuns
 from pipeline.settings import Settings, get_settings
@@ -62,18 +63,24 @@ class Resources:
     def build(cls, settings: Settings) -> Resources:
         """Raises ``ConfigError`` naming the first bad setting."""
         kind = kind_of(settings)
-        client = redis.Redis.from_url(kind.state_url, socket_timeout=5) if kind.state_url else None
+        client = kind.state_client()
+        replicas = replicas_of(settings)
         return cls(
             settings=settings,
             kind=kind,
             client=client,
-            guard=Guard(client, dedup_ttl_s=settings.dedup_ttl_s) if client else None,
+            guard=(
+                Guard(client, dedup_ttl_s=settings.dedup_ttl_s, replicas=replicas)
+                if client
+                else None
+            ),
             runs=(
                 TaskRuns(
                     client,
                     ttl_s=settings.dedup_ttl_s,
                     max_deliveries=settings.max_deliveries,
                     lease_s=settings.step_lease_s,
+                    replicas=replicas,
                 )
                 if client
                 else None
@@ -124,7 +131,7 @@ class Resources:
             try:
                 write()
                 return
-            except redis.RedisError as exc:
+            except (redis.RedisError, NotReplicated) as exc:
                 if time.monotonic() > deadline:
                     # At worst a copy of this message, once the lease expires, runs it again.
                     log.warning("task.end_not_recorded", end=end, task_id=task_id, error=str(exc))

@@ -145,10 +145,6 @@ class AttemptStore:
         self._client = client
         self._claims = SubmissionClaims(client, ttl_s=ttl_s)
 
-    @classmethod
-    def from_url(cls, url: str) -> AttemptStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=5))
-
     def attempt_of(self, job_id: str) -> int:
         value = self._get(_KEY_PREFIX + job_id)
         return int(value) if value is not None else 1

@@ -79,12 +79,8 @@ class QueueDepths:
     def __init__(self, settings: Settings, kind: BrokerKind) -> None:
         self._settings = settings
         self._redis = (
-            redis.Redis.from_url(
-                kind.broker_url,
-                socket_timeout=DEFAULT_CONNECT_TIMEOUT_S,
-                socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
-            )
-            if kind.is_redis
+            kind.broker.client(timeout_s=DEFAULT_CONNECT_TIMEOUT_S)
+            if kind.broker is not None
             else None
         )
 

@@ -30,6 +30,7 @@ from pipeline.brokers.inflight import (
     SUSPECTS_KEY,
 )
 from pipeline.brokers.queues import DEFAULT_CONNECT_TIMEOUT_S, INGEST_QUEUE, INGEST_TASK
+from pipeline.endpoints import NotReplicated, RedisEndpoint, Replicas
 from pipeline.errors import BrokerUnavailable
 
 # Celery keeps at most this much of the arguments' repr in the headers, for Flower.
@@ -46,14 +47,16 @@ class RedisEnqueuer:
     pushed). One callback alone is written at once; a burst costs one round trip per batch
     instead of one per callback. A callback is answered only once its batch is on the
     broker, and every callback of a batch that fails gets the error.
+
+    With ``replicas`` (``CICB_MIN_REPLICAS``), the batch is answered only once ``WAIT``
+    says that many replicas have it (in the same round trip): a failover then cannot lose a
+    callback answered 200. Fewer is ``BrokerUnavailable`` (503): CI sends it again, or
+    reconcile finds it, and the copy the primary kept is a duplicate, skipped.
     """
 
-    def __init__(self, broker_url: str) -> None:
-        self._redis = redis.asyncio.Redis.from_url(
-            broker_url,
-            socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
-            socket_timeout=DEFAULT_CONNECT_TIMEOUT_S * 2,
-        )
+    def __init__(self, broker: RedisEndpoint, *, replicas: Replicas | None = None) -> None:
+        self._redis = broker.async_client(timeout_s=DEFAULT_CONNECT_TIMEOUT_S * 2)
+        self._replicas = replicas or Replicas()
         self._publish = self._redis.register_script(PUBLISH)
         self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self._reply_to = str(uuid.uuid4())
@@ -137,15 +140,26 @@ class RedisEnqueuer:
         args: list[Any] = [FIRST_CHECK_S]
         for w in batch:
             args += [w.task_id, w.message, w.tag]
-        await self._publish(
-            keys=[INGEST_QUEUE, MESSAGES_KEY, META_KEY, DUE_KEY, SUSPECTS_KEY], args=args
-        )
+        keys = [INGEST_QUEUE, MESSAGES_KEY, META_KEY, DUE_KEY, SUSPECTS_KEY]
+        if not self._replicas.wanted:
+            await self._publish(keys=keys, args=args)
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._publish(keys=keys, args=args, client=pipe)
+            self._replicas.wait(pipe)
+            answers = await pipe.execute()
+        try:
+            self._replicas.check(answers)
+        except NotReplicated as exc:
+            raise BrokerUnavailable(f"the callback may not outlive a failover: {exc}") from exc
 
     async def ping(self) -> None:
+        """Raise ``BrokerUnavailable`` unless the broker takes a write now (a replica that a
+        moved endpoint points at answers PING, and refuses writes)."""
         try:
-            await self._redis.ping()
+            await self._redis.set(READY_KEY, 1, px=READY_TTL_MS)
         except (redis.RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"broker unreachable: {exc}") from exc
+            raise BrokerUnavailable(f"broker cannot take a write: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._writer is not None:
@@ -153,6 +167,9 @@ class RedisEnqueuer:
         await self._redis.aclose()
 
 
+# What /readyz writes to know the broker takes writes.
+READY_KEY = "cicb:ready"
+READY_TTL_MS = 10_000
 # At most this many callbacks go in one transaction: about 1.5 MB of typical callbacks.
 MAX_BATCH = 256
 

@@ -283,10 +283,6 @@ class Inflight:
         self._classify = client.register_script(CLASSIFY)
         self._republish = client.register_script(REPUBLISH)
 
-    @classmethod
-    def from_url(cls, url: str) -> Inflight:
-        return cls(redis.Redis.from_url(url, socket_timeout=5))
-
     def publish(
         self, queue_key: str, messages: Sequence[tuple[str, bytes, str]], *, client: Any = None
     ) -> None:

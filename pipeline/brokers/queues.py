@@ -6,6 +6,7 @@ from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
+from pipeline.endpoints import SENTINEL_SCHEME, RedisEndpoint
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 
@@ -43,7 +44,21 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # without them a callback answered 200 is lost if RabbitMQ dies just after. Redis
         # ignores it.
         "confirm_publish": True,
+        # Through Sentinels: which primary they name, and their own password.
+        **broker_endpoint(settings).transport_options(),
     }
+
+
+def broker_endpoint(settings: Settings) -> RedisEndpoint:
+    """The broker as a Redis endpoint (what kombu's Sentinel transport needs of it); a
+    RabbitMQ URL gives an endpoint with no Sentinels."""
+    if settings.broker_url.startswith(SENTINEL_SCHEME + "://"):
+        return RedisEndpoint.parse(
+            settings.broker_url,
+            master=settings.sentinel_master,
+            sentinel_password=settings.sentinel_password,
+        )
+    return RedisEndpoint(url=settings.broker_url)
 
 
 def connection(settings: Settings) -> Connection:

@@ -7,8 +7,9 @@ a record that cannot be written stops the publish, which raises, so no message i
 without it. A message kombu puts back (a worker's warm shutdown, a worker lost under its
 task, the visibility timeout) takes its record with it.
 
-Celery uses it through ``broker_transport`` (``kind.BrokerKind.celery_options``); everything
-else is kombu's own Redis transport.
+Celery uses it through ``broker_transport`` (``kind.BrokerKind.celery_options``), for one
+Redis address (``Transport``) or through Sentinels (``SentinelTransport``); everything else is
+kombu's own Redis transport.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from kombu.utils.json import dumps
 from pipeline.brokers.inflight import Inflight, task_message_id
 
 TRANSPORT = "pipeline.brokers.redis_transport:Transport"
+SENTINEL_TRANSPORT = "pipeline.brokers.redis_transport:SentinelTransport"
 
 crit = get_logger(__name__).critical
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Recording(kombu_redis.Channel):  # type: ignore[misc]
+    """What cicb's channels add to kombu's: each task message written with its record."""
+
     _inflight: Inflight | None = None
 
     @property
@@ -72,10 +76,26 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             crit("Could not restore message: %r", payload, exc_info=True)
 
 
+class Channel(Recording):
+    pass
+
+
+class SentinelChannel(Recording, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    pass
+
+
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
     @property
     def supports_batch_publish(self) -> bool:
         # Each task message goes out with its record in a script of its own.
+        return False
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel
+
+    @property
+    def supports_batch_publish(self) -> bool:
         return False

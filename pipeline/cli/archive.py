@@ -66,11 +66,11 @@ def filter_options(command: Command) -> Command:
 
 
 def open_archive(settings: Settings) -> Archive:
-    state_url = kind_of(settings).state_url
-    if state_url is None:
+    client = kind_of(settings).state_client(timeout_s=10)
+    if client is None:
         fail("the archive lives in Redis: set CICB_REDIS_URL (the broker is not Redis)", code=2)
     return Archive(
-        redis.Redis.from_url(state_url, socket_timeout=10),
+        client,
         retention_s=settings.archive_retention_s,
         max_entries=settings.archive_max_entries,
     )

@@ -35,10 +35,11 @@ def reconcile(since: datetime | None, until: datetime | None, dry_run: bool, as_
     if not settings.cos_configured:
         fail("reconcile lists CI's jobs: set CICB_COS_SECRET_ID and CICB_COS_SECRET_KEY", code=2)
     kind = kind_of(settings)
-    if kind.state_url is None:
+    client = kind.state_client()
+    if client is None:
         fail("reconcile keeps its checkpoints in Redis: set CICB_REDIS_URL", code=2)
     now = datetime.now(UTC)
-    store = ReconcileStore.from_url(kind.state_url, retention_s=settings.dedup_ttl_s)
+    store = ReconcileStore(client, retention_s=settings.dedup_ttl_s)
     targets = guarded(lambda: plan(settings, store, now=now))
     publish = None if dry_run else kind.publisher(settings).ingest
     reconciler = Reconciler(

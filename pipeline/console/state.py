@@ -61,11 +61,7 @@ def workers_online_of(settings: Settings) -> Callable[[], list[str]]:
 
 def queries_of(settings: Settings, workers_online: Callable[[], list[str]] | None) -> Queries:
     kind = kind_of(settings)
-    client = (
-        redis.Redis.from_url(kind.state_url, socket_timeout=10)
-        if kind.state_url is not None
-        else None
-    )
+    client = kind.state_client(timeout_s=10)
 
     def resend() -> tuple[Resend, Callable[[], None]]:
         publisher = kind.publisher(settings)

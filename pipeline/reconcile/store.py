@@ -109,10 +109,6 @@ class ReconcileStore:
         self._refresh = client.register_script(_REFRESH)
         self._written: dict[str, float] = {}  # member -> when this process last wrote it
 
-    @classmethod
-    def from_url(cls, url: str, *, retention_s: int) -> ReconcileStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=5), retention_s=retention_s)
-
     # -- learning targets from callbacks ------------------------------------------------
 
     def learn(self, event: Event, *, now_s: float | None = None) -> None:

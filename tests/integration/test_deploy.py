@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from pipeline.endpoints import RedisEndpoint
 from pipeline.processes import (
     BEAT_COMMAND,
     CONSOLE_COMMAND,
@@ -23,6 +24,7 @@ from pipeline.processes import (
     RECEIVER_COMMAND,
     WORKER_COMMAND,
 )
+from pipeline.settings import Settings
 from tests.support import (
     ROOT,
     SAMPLES,
@@ -118,6 +120,8 @@ METRICS: dict[str, set[str]] = {
     "cicb_receiver_responses_total": {"status"},
     "cicb_queue_messages": {"queue"},
     "cicb_ingest_oldest_age_seconds": set(),
+    "cicb_inflight_messages": set(),
+    "cicb_inflight_lost_messages": set(),
     "cicb_archive_entries": set(),
     "cicb_tasks_total": {"task", "route", "outcome", "error"},
     "cicb_callbacks_total": {"route", "outcome"},
@@ -156,13 +160,13 @@ def dashboard_expressions() -> list[str]:
     return [target["expr"] for panel in panels for target in panel["targets"]]
 
 
-def compose_config() -> dict[str, Any]:
+def compose_config(path: Path = ROOT / "docker-compose.yml") -> dict[str, Any]:
     require(
         shutil.which("docker-compose") is not None,
         "docker-compose not installed (apt-get install docker-compose, as .ci/run does)",
     )
     done = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        ["docker-compose", "-f", str(path), "config"],
         env={"CICB_RECEIVER_TOKEN": TOKEN, "CICB_CONSOLE_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -344,3 +348,25 @@ def test_render_dashboard_draws_the_panels_from_a_real_prometheus(tmp_path: Path
     rows = max(panel["gridPos"]["y"] + panel["gridPos"]["h"] for panel in panels)
     size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
     assert size == (2000, round((rows * 0.35 + 0.5) * 100))
+
+
+def test_the_sentinel_example_runs_cicb_on_three_redis_nodes_and_their_sentinels() -> None:
+    services = compose_config(DEPLOY / "sentinel" / "docker-compose.yml")["services"]
+    redis_nodes = sorted(name for name in services if name.startswith("redis-"))
+    sentinels = sorted(name for name in services if name.startswith("sentinel-"))
+    assert redis_nodes == ["redis-1", "redis-2", "redis-3"]
+    assert len(sentinels) == 3
+    # One primary, two replicas of it; each Sentinel watches it, a quorum of two.
+    replicas = [n for n in redis_nodes if "--replicaof" in services[n]["command"]]
+    assert replicas == ["redis-2", "redis-3"]
+    for name in sentinels:
+        assert "sentinel monitor mymaster redis-1 6379 2" in " ".join(services[name]["command"])
+    cicb = {"receiver", "worker", "beat", "flower", "console"}
+    assert cicb <= set(services)
+    for name in cicb:
+        env = services[name]["environment"]
+        endpoint = RedisEndpoint.parse(env["CICB_BROKER_URL"], master=env["CICB_SENTINEL_MASTER"])
+        assert sorted(h for h, _ in endpoint.sentinels) == sentinels
+        assert env["CICB_MIN_REPLICAS"] == "1"
+        # The settings cicb reads from this environment are valid (it would stop at start).
+        Settings.from_env(env)

@@ -138,6 +138,7 @@ def test_every_metric_reads_the_counts_that_were_sent(
     assert metric(front, "cicb_queue_messages", queue="actions") == 0
     assert ("cicb_ingest_oldest_age_seconds", frozenset()) in front
     assert metric(front, "cicb_ingest_oldest_age_seconds") == 0
+    assert metric(front, "cicb_inflight_messages") == 0  # every task finished
 
     # Every metric the alert rules and the dashboard query is in these two scrapes
     # (``up`` is Prometheus's own).
@@ -158,6 +159,10 @@ def test_callbacks_no_worker_takes_show_as_depth_and_age(broker_url: str, tmp_pa
         front = scrape(f"{url}/metrics")
         assert metric(front, "cicb_queue_messages", queue="ingest") == 3
         assert 1.5 <= metric(front, "cicb_ingest_oldest_age_seconds") < 30
+        # Kept in flight until a worker finishes them; none lost.
+        assert metric(front, "cicb_inflight_messages") == 3
+        assert ("cicb_inflight_lost_messages", frozenset()) in front
+        assert metric(front, "cicb_inflight_lost_messages") == 0
     finally:
         receiver.stop()
 

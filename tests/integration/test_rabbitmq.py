@@ -253,6 +253,8 @@ def test_callbacks_posted_together_are_each_notified_once(stack: Stack, target: 
     assert metric(queues, "cicb_queue_messages") == 0
     # RabbitMQ cannot show a message without delivering it: no age.
     assert not any(name == "cicb_ingest_oldest_age_seconds" for name, _ in queues)
+    # RabbitMQ keeps what a consumer took itself: no in-flight records to count.
+    assert not any(name.startswith("cicb_inflight") for name, _ in queues)
     assert stack.dead_letters() == []
 
 

@@ -12,6 +12,7 @@ import redis
 from pipeline.brokers.fastpath import RedisEnqueuer
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.publishing import CeleryEnqueuer
+from pipeline.endpoints import RedisEndpoint
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.support import free_port
@@ -45,7 +46,7 @@ def test_the_fast_path_writes_what_celery_writes(broker_url: str) -> None:
     by_celery = written(client)
 
     async def enqueue() -> str:
-        enqueuer = RedisEnqueuer(settings.broker_url)
+        enqueuer = RedisEnqueuer(RedisEndpoint.parse(settings.broker_url))
         try:
             return await enqueuer.ingest(ENVELOPE)
         finally:
@@ -77,7 +78,7 @@ def test_callbacks_arriving_together_are_written_together_and_in_order(broker_ur
     count = 300  # more than one batch holds
 
     async def burst() -> list[str]:
-        enqueuer = RedisEnqueuer(settings.broker_url)
+        enqueuer = RedisEnqueuer(RedisEndpoint.parse(settings.broker_url))
         try:
             envelopes = [{**ENVELOPE, "request_id": str(n)} for n in range(count)]
             return await asyncio.gather(*(enqueuer.ingest(e) for e in envelopes))
@@ -99,7 +100,7 @@ def test_every_callback_waiting_on_a_failed_write_is_told_so() -> None:
     settings = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
 
     async def burst() -> list[object]:
-        enqueuer = RedisEnqueuer(settings.broker_url)
+        enqueuer = RedisEnqueuer(RedisEndpoint.parse(settings.broker_url))
         try:
             calls = (enqueuer.ingest(ENVELOPE) for _ in range(20))
             return await asyncio.gather(*calls, return_exceptions=True)

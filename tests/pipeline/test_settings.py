@@ -33,6 +33,10 @@ DEFAULTS = [
     Default(
         "CICB_REDIS_URL", "state_url", "redis://127.0.0.1:6390/0", "the broker URL when it is Redis"
     ),
+    Default("CICB_SENTINEL_MASTER", "sentinel_master", "mymaster"),
+    Default("CICB_SENTINEL_PASSWORD", "sentinel_password", None, "none"),
+    Default("CICB_MIN_REPLICAS", "min_replicas", 0),
+    Default("CICB_REPLICA_TIMEOUT_MS", "replica_timeout_ms", 1000),
     Default("CICB_EMBEDDED_BROKER_PORT", "embedded_broker_port", 6390),
     Default("CICB_DATA_DIR", "data_dir", Path(".cicb")),
     Default("CICB_RECEIVER_HOST", "receiver_host", "127.0.0.1"),
@@ -73,6 +77,8 @@ DEFAULTS = [
     Default("CICB_RETRY_BACKOFF_S", "retry_backoff_s", 2),
     Default("CICB_RETRY_BACKOFF_MAX_S", "retry_backoff_max_s", 600),
     Default("CICB_VISIBILITY_TIMEOUT_S", "visibility_timeout_s", 7200),
+    Default("CICB_STEP_LEASE_S", "step_lease_s", 30.0),
+    Default("CICB_STEP_LEASE_RENEW_S", "step_lease_renew_s", 5.0),
     Default("CICB_PREFETCH_MULTIPLIER", "prefetch_multiplier", 8),
     # None: Celery's own default, one process per CPU.
     Default("CICB_WORKER_CONCURRENCY", "worker_concurrency", None, "CPU count"),

@@ -37,6 +37,7 @@ def test_only_the_secrets_are_marked_secret() -> None:
         "cos_secret_id",
         "cos_secret_key",
         "console_token",
+        "sentinel_password",
     }
 
 
@@ -47,6 +48,9 @@ VALID = {
     "allowed_cidrs": "10.0.0.0/8",
     "retry_backoff_max_s": "60",
     "reconcile_queues": "bucket-1250000000:ap-chongqing:p1",
+    "redis_url": "redis://elsewhere:6379/1",
+    "step_lease_renew_s": "9.5",
+    "step_lease_s": "99",
 }
 
 
