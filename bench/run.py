@@ -6,7 +6,9 @@ side are the figures that count. Nothing here is a test; nothing asserts a time.
 
 1. Receiver: wrk (50 connections) posting tests/samples/tts_success.xml to cicb's
    receiver, to the same server doing no work (ceiling), and to Flask under gunicorn calling
-   ``ingest.delay`` (peer). Every accepted callback is then counted on the broker.
+   ``ingest.delay`` (peer); and cicb answering only once a replica has each callback
+   (``CICB_MIN_REPLICAS=1``, a second Valkey replicating the broker). Every accepted
+   callback is then counted on the broker.
 2. End to end: callbacks/s through ingest and a one-step no-op route, beside Celery's own
    no-op task rate with the same broker and worker settings.
 3. Memory: receiver and worker resident memory after 10,000 and 100,000 callbacks.
@@ -14,6 +16,7 @@ side are the figures that count. Nothing here is a test; nothing asserts a time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -180,9 +183,30 @@ class Bench:
             yield
 
     @contextmanager
-    def server(self, kind: str, workers: int = 1) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    def replica(self) -> Iterator[None]:
+        """A replica of the broker (a second Valkey, in sync before this yields), for
+        ``CICB_MIN_REPLICAS``."""
+        folder = self.tmp / "replica"
+        folder.mkdir(exist_ok=True)
         port = free_port()
-        env = {**self.env, "CICB_RECEIVER_PORT": str(port)}
+        settings = Settings(data_dir=folder, embedded_broker_port=port)
+        args = [
+            *shlex.split(embedded_broker_command(settings)),
+            "--replicaof",
+            "127.0.0.1",
+            str(self.broker_port),
+        ]
+        with process(args, self.env, folder / "replica.log"):
+            wait_for(lambda: self.redis.info("replication").get("connected_slaves") == 1)
+            wait_for(lambda: self.redis.wait(1, 1000) == 1)
+            yield
+
+    @contextmanager
+    def server(
+        self, kind: str, workers: int = 1, **extra: str
+    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+        port = free_port()
+        env = {**self.env, "CICB_RECEIVER_PORT": str(port), **extra}
         if kind == "cicb":
             args = [str(BIN / "cicb"), "receiver", "--workers", str(workers)]
         elif kind == "ceiling":
@@ -237,6 +261,7 @@ class Bench:
             ("ceiling", "ceiling", 2),
             ("peer", "peer", 2),
             ("cicb, broker not rewriting its AOF", "cicb", 1),
+            (REPLICATED, "cicb", 1),
         ]
         results: dict[tuple[str, str, int], list[dict[str, float]]] = {c: [] for c in configs}
         queued_ok = True
@@ -244,7 +269,11 @@ class Bench:
             for config in configs:  # interleaved, so noise hits all alike
                 label, kind, workers = config
                 self.fresh_broker(aof_rewrite="not rewriting" not in label)
-                with self.server(kind, workers) as (url, _):
+                replicated = label == REPLICATED
+                with (
+                    self.replica() if replicated else contextlib.nullcontext(),
+                    self.server(kind, workers, **(MIN_REPLICAS if replicated else {})) as (url, _),
+                ):
                     result = wrk(url, SECONDS)
                 accepted = result["total"] - result["non2xx"]
                 if kind != "ceiling":
@@ -365,6 +394,9 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
 
 
 PARTS = ("receiver", "e2e", "memory")
+# The receiver answering 200 only once a replica has the callback (WAIT).
+REPLICATED = "cicb, CICB_MIN_REPLICAS=1 (a replica)"
+MIN_REPLICAS = {"CICB_MIN_REPLICAS": "1"}
 
 
 def main() -> None:

@@ -99,9 +99,7 @@ class Cluster:
         for host in self.valkeys:
             wait_for_port(host, REDIS_PORT)
         wait_until(
-            lambda: self.redis(primary, "INFO", "replication").count("state=online") == 2,
-            timeout_s=60,
-            what="both replicas in sync",
+            lambda: self.replicas_online(primary) == 2, timeout_s=60, what="both replicas in sync"
         )
         if sentinels:
             for host in self.valkeys:
@@ -126,9 +124,18 @@ class Cluster:
     def sentinel_url(self) -> str:
         return ";".join(f"sentinel://{h.address}:{SENTINEL_PORT}" for h in self.valkeys) + "/0"
 
-    def redis(self, address: str, *command: str, port: int = REDIS_PORT) -> str:
-        """A command to the Valkey at ``address``, from the client host: its raw answer."""
+    def redis(self, address: str, *command: str, port: int = REDIS_PORT) -> Any:
+        """A command to the Valkey at ``address``, from the client host: its answer, as
+        redis-py reads it (``INFO`` as a dict)."""
         return self.probe(f"redis://{address}:{port}/0", *command)
+
+    def replicas_online(self, address: str) -> int:
+        info = self.redis(address, "INFO", "replication")
+        return sum(
+            1
+            for k, v in info.items()
+            if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+        )
 
     def probe(self, url: str, *command: str) -> Any:
         assert self.client is not None
@@ -151,10 +158,7 @@ class Cluster:
     def offset(self, address: str) -> int:
         """A replica's replication offset (how much of the primary's stream it has)."""
         info = self.redis(address, "INFO", "replication")
-        for line in str(info).splitlines():
-            if line.startswith("slave_repl_offset:") or line.startswith("master_repl_offset:"):
-                return int(line.split(":", 1)[1])
-        return -1
+        return int(info.get("slave_repl_offset", info.get("master_repl_offset", -1)))
 
     # -- cicb ---------------------------------------------------------------------------
 
