@@ -38,8 +38,8 @@ def valkey(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture
-def sentinel(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
-    """A Sentinel's port, and the ports of the primary and its replica."""
+def replicated(tmp_path: Path) -> Iterator[list[int]]:
+    """The ports of a primary and its replica, in sync."""
     ports = [free_port(), free_port()]
     procs = []
     for i, port in enumerate(ports):
@@ -49,24 +49,34 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
         if i:
             args += ["--replicaof", "127.0.0.1", str(ports[0])]
         procs.append(valkey(args, data / "log"))
-    primary = redis.Redis(port=ports[0])
-    wait_until(lambda: primary.wait(1, 500) == 1, what="the replica in sync")
-    sentinel_port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor {MASTER} 127.0.0.1 {ports[0]} 1\n"
-        f"sentinel down-after-milliseconds {MASTER} 1000\n"
-        f"sentinel failover-timeout {MASTER} 5000\n"
-    )
-    procs.append(valkey([str(conf), "--sentinel"], tmp_path / "sentinel.log"))
-    wait_until(lambda: redis.Redis(port=sentinel_port).ping(), what="sentinel")
     try:
-        yield sentinel_port, ports
+        primary = redis.Redis(port=ports[0])
+        wait_until(lambda: primary.wait(1, 500) == 1, what="the replica in sync")
+        yield ports
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def sentinel(replicated: list[int], tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
+    """A Sentinel's port, watching the primary of ``replicated``, and their ports."""
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor {MASTER} 127.0.0.1 {replicated[0]} 1\n"
+        f"sentinel down-after-milliseconds {MASTER} 1000\n"
+        f"sentinel failover-timeout {MASTER} 5000\n"
+    )
+    proc = valkey([str(conf), "--sentinel"], tmp_path / "sentinel.log")
+    try:
+        wait_until(lambda: redis.Redis(port=sentinel_port).ping(), what="sentinel")
+        yield sentinel_port, replicated
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def primary_port(sentinel_port: int) -> int:
@@ -108,4 +118,30 @@ def test_receiver_and_worker_follow_the_primary_through_a_failover(
         assert redis.Redis(port=ports[1]).llen("ingest") == 0
     finally:
         worker.stop()
+        receiver.stop()
+
+
+def test_a_receiver_behind_an_address_that_cannot_write_is_not_ready_until_it_can(
+    replicated: list[int], tmp_path: Path
+) -> None:
+    # A fixed endpoint that points at a replica (a managed service mid-failover): it
+    # answers PING, and refuses writes.
+    ports = replicated
+    env = cicb_env(f"redis://127.0.0.1:{ports[1]}/0")
+    receiver, url = start_receiver(env, tmp_path / "receiver.log")
+    try:
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        post = httpx.post(
+            f"{url}/callbacks", content=callback(1), headers={"X-Callback-Token": TOKEN}
+        )
+        assert post.status_code == 503
+        # Promoted behind the same address: ready again, no restart.
+        redis.Redis(port=ports[1]).execute_command("REPLICAOF", "NO", "ONE")
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="ready")
+        post = httpx.post(
+            f"{url}/callbacks", content=callback(2), headers={"X-Callback-Token": TOKEN}
+        )
+        assert post.status_code == 200
+        assert redis.Redis(port=ports[1]).llen("ingest") == 1
+    finally:
         receiver.stop()
