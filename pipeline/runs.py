@@ -159,22 +159,30 @@ class TaskRuns:
         same = forget is not None and forget.client is self.client
         if same:
             keys += list(INFLIGHT_KEYS)
-        pipe = self.client.pipeline(transaction=False)
-        self._finish(keys=keys, args=[owner, self._ttl_s, task_id], client=pipe)
-        self._replicas.wait(pipe)
-        self._replicas.check(pipe.execute())
+        self._replicated(self._finish, keys, [owner, self._ttl_s, task_id])
         if forget is not None and not same:
             forget.forget(task_id)
 
     def retried(self, task_id: str, attempt: int, owner: str) -> None:
         """The task scheduled its next attempt: attempts up to ``attempt`` will not run
-        again, and the lease is free for the next. Raises ``redis.RedisError``."""
+        again, and the lease is free for the next. With ``CICB_MIN_REPLICAS``, this and the
+        retry's message (published before) are on the replicas when it returns. Raises
+        ``redis.RedisError``, ``NotReplicated``."""
         keys = [f"{PREFIX}retried:{task_id}", lease_key(task_id)]
-        self._retried(keys=keys, args=[attempt, owner, self._ttl_s])
+        self._replicated(self._retried, keys, [attempt, owner, self._ttl_s])
 
     def release(self, task_id: str, owner: str) -> None:
-        """Give the lease back (the task failed for good). Raises ``redis.RedisError``."""
-        self._release(keys=[lease_key(task_id)], args=[owner])
+        """Give the lease back (the task failed, or its retry could not be sent); with
+        ``CICB_MIN_REPLICAS``, once the replicas have what it did before. Raises
+        ``redis.RedisError``, ``NotReplicated``."""
+        self._replicated(self._release, [lease_key(task_id)], [owner])
+
+    def _replicated(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        """Run ``script``, then ``WAIT`` for the replicas in the same round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        self._replicas.wait(pipe)
+        self._replicas.check(pipe.execute())
 
     def renew(self, owners: Mapping[str, str]) -> int:
         """Renew the leases of running tasks (task id -> owner) for another ``lease_s``;

@@ -120,6 +120,8 @@ class Settings:
     sentinel_password: str | None = setting(
         "SENTINEL_PASSWORD", default=None, parse=verbatim, secret=True
     )
+    # RabbitMQ: classic queues, or quorum queues (replicated over the cluster's nodes).
+    queue_type: str = setting("QUEUE_TYPE", default="classic", parse=text)
     # A write that must outlive a failover waits until this many replicas have it (WAIT).
     min_replicas: int = setting("MIN_REPLICAS", default=0, parse=integer)
     replica_timeout_ms: int = setting("REPLICA_TIMEOUT_MS", default=1000, parse=integer)
@@ -212,6 +214,10 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"CICB_ALLOWED_CIDRS: {cidr!r} is not a network") from exc
         self._check_redis_urls()
+        if self.queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"CICB_QUEUE_TYPE must be classic or quorum: {self.queue_type!r}")
+        if self.queue_type == "quorum" and not self.broker_url.lower().startswith("amqp"):
+            raise ConfigError("CICB_QUEUE_TYPE=quorum needs a RabbitMQ broker (amqp://)")
         if self.min_replicas < 0 or self.replica_timeout_ms < 1:
             raise ConfigError(
                 "CICB_MIN_REPLICAS must be 0 or more and CICB_REPLICA_TIMEOUT_MS at least 1"

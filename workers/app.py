@@ -22,7 +22,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 
 from pipeline import logs
 from pipeline.brokers.kind import kind_of
-from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, queue
+from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings, get_settings
 from workers.metrics import MetricsEndpoint
@@ -64,7 +64,6 @@ def configuration() -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         # Keep reconnecting for as long as the broker is away.
         "broker_connection_max_retries": None,
-        "task_queues": [queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
         "task_default_queue": ACTIONS_QUEUE,
         "task_routes": {INGEST_TASK: {"queue": INGEST_QUEUE}},
         "task_serializer": "json",

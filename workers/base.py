@@ -24,6 +24,7 @@ is the callback's end-to-end latency.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from pipeline import logs
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
+from pipeline.brokers.queues import dead_letter_queue
 from pipeline.errors import PermanentError, TransientError
 from pipeline.settings import Settings
 from workers.metrics import worker_metrics
@@ -136,7 +138,9 @@ class PipelineTask(Task):  # type: ignore[misc]
     def _wait_for_lease(self, wait_s: float) -> NoReturn:
         """Another copy of this message is running: send this one back to look again once
         the lease would expire (it is renewed while its holder lives), then drop it."""
-        countdown = max(wait_s, 0.5) + random.uniform(0, 0.5)
+        # Whole seconds, at least one: what Celery's native delayed delivery (quorum queues)
+        # can route.
+        countdown = math.ceil(max(wait_s, 1.0)) + random.randint(0, 1)
         try:
             self.signature_from_request(countdown=countdown).apply_async()
         except Exception as exc:
@@ -202,7 +206,8 @@ class PipelineTask(Task):  # type: ignore[misc]
         )
         if (envelope := letter.envelope()) is not None:
             letter = dataclasses.replace(letter, received_at=envelope.received_at.isoformat())
-        DeadLetterQueue(self.app.connection_for_write).put(letter)
+        dead = dead_letter_queue(resources().settings)
+        DeadLetterQueue(self.app.connection_for_write, dead=dead).put(letter)
         resources().forget(task_id)  # kept by the dead letter now
         self._count("dead_lettered", letter.error)
         log.error(

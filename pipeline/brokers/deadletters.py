@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kombu import Connection, Message, Producer
+from kombu import Connection, Message, Producer, Queue
 
 from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.queues import DEAD_LETTER_QUEUE, queue
@@ -96,12 +96,14 @@ class DeadLetterQueue:
     visibility timeout on Redis) instead of losing them.
     """
 
-    def __init__(self, connect: Callable[[], Connection]) -> None:
+    def __init__(self, connect: Callable[[], Connection], *, dead: Queue | None = None) -> None:
+        """``dead``: the queue as the broker declares it (``queues.dead_letter_queue``)."""
         self._connect = connect
+        self._dead = dead if dead is not None else queue(DEAD_LETTER_QUEUE)
 
     def put(self, letter: DeadLetter) -> None:
         with self._connect() as conn:
-            dead = queue(DEAD_LETTER_QUEUE)
+            dead = self._dead
             producer = Producer(conn.default_channel)
             conn.ensure(producer, producer.publish, max_retries=5)(
                 letter.to_json(),
@@ -118,7 +120,7 @@ class DeadLetterQueue:
         """Every dead letter (at most ``limit``), delivered and not acknowledged: those left
         unacknowledged go back to the queue at the end."""
         with self._connect() as conn:
-            bound = queue(DEAD_LETTER_QUEUE)(conn.default_channel)
+            bound = self._dead(conn.default_channel)
             bound.declare()
             held: list[tuple[DeadLetter, Message]] = []
             try:
@@ -138,7 +140,7 @@ class DeadLetterQueue:
         ``limit`` and take them back."""
         with self._connect() as conn:
             channel = conn.default_channel
-            bound = queue(DEAD_LETTER_QUEUE)(channel)
+            bound = self._dead(channel)
             total = int(bound.queue_declare().message_count)
             if conn.transport.driver_type == "redis":
                 # kombu pushes on the left and pops on the right: the oldest is at the right.
@@ -157,7 +159,7 @@ class DeadLetterQueue:
         with self._connect() as conn:
             channel = conn.default_channel
             if conn.transport.driver_type == "redis":
-                queue(DEAD_LETTER_QUEUE)(channel).declare()
+                self._dead(channel).declare()
                 raw = channel.client.lrange(DEAD_LETTER_QUEUE, -limit, -1) if limit > 0 else []
                 for message in reversed(raw):
                     letter = _from_redis(message)
@@ -203,6 +205,6 @@ class DeadLetterQueue:
 
     def purge(self) -> int:
         with self._connect() as conn:
-            bound = queue(DEAD_LETTER_QUEUE)(conn.default_channel)
+            bound = self._dead(conn.default_channel)
             bound.declare()
             return int(bound.purge() or 0)

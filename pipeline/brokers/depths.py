@@ -27,7 +27,8 @@ from pipeline.brokers.queues import (
     DEFAULT_CONNECT_TIMEOUT_S,
     INGEST_QUEUE,
     connection,
-    queue,
+    dead_letter_queue,
+    task_queues,
 )
 from pipeline.errors import BrokerUnavailable, PermanentError
 from pipeline.settings import Settings
@@ -113,11 +114,14 @@ class QueueDepths:
 
     def _read_declared(self) -> Depths:
         messages = {}
+        declared_queues = {
+            q.name: q for q in [*task_queues(self._settings), dead_letter_queue(self._settings)]
+        }
         with connection(self._settings) as conn:
             conn.ensure_connection(max_retries=1, timeout=DEFAULT_CONNECT_TIMEOUT_S)
             for name in WATCHED_QUEUES:
                 # Declaring a queue that exists changes nothing and answers its counts.
-                declared = queue(name)(conn.default_channel).queue_declare()
+                declared = declared_queues[name](conn.default_channel).queue_declare()
                 messages[name] = int(declared.message_count)
         return Depths(messages=messages, oldest_ingest_received_at=None, age_known=False)
 

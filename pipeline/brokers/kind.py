@@ -18,7 +18,7 @@ import redis
 from pipeline.brokers.fastpath import RedisEnqueuer
 from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.publishing import CeleryEnqueuer, Enqueuer, Publisher
-from pipeline.brokers.queues import transport_options
+from pipeline.brokers.queues import QUORUM, task_queues, transport_options
 from pipeline.brokers.redis_transport import SENTINEL_TRANSPORT, TRANSPORT
 from pipeline.endpoints import REDIS_SCHEMES, RedisEndpoint, Replicas
 from pipeline.settings import Settings
@@ -53,11 +53,18 @@ class BrokerKind:
         return Inflight(client)
 
     def celery_options(self, settings: Settings) -> dict[str, Any]:
-        """The broker part of a Celery app's configuration."""
+        """The broker part of a Celery app's configuration: the broker, the queues and, on
+        quorum queues, Celery's native delayed delivery for countdowns (retries wait on
+        RabbitMQ, not in a worker that holds the message)."""
         options: dict[str, Any] = {
             "broker_url": self.broker_url,
             "broker_transport_options": transport_options(settings),
+            "task_queues": task_queues(settings),
         }
+        if settings.queue_type == QUORUM:
+            options["task_default_queue_type"] = QUORUM
+            options["broker_native_delayed_delivery_queue_type"] = QUORUM
+            options["worker_detect_quorum_queues"] = True
         if self.broker is not None:
             options["broker_transport"] = (
                 SENTINEL_TRANSPORT if self.broker.is_sentinel else TRANSPORT

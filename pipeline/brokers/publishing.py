@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 from celery import Celery
 
-from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE, INGEST_TASK, ping, queue
+from pipeline.brokers.queues import INGEST_QUEUE, INGEST_TASK, ping
 from pipeline.errors import BrokerUnavailable
 
 
@@ -29,7 +29,6 @@ class Publisher:
             **broker,
             broker_connection_retry_on_startup=True,
             task_serializer="json",
-            task_queues=[queue(INGEST_QUEUE), queue(ACTIONS_QUEUE)],
             # No task-sent events from the receiver: publishing one retries without a bound
             # while the broker is down, which would hang a request instead of answering 503.
             # Flower still sees each callback from the worker's received/started events.

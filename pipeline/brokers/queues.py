@@ -19,9 +19,46 @@ INGEST_TASK = "cicb.ingest"
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
 
 
-def queue(name: str) -> Queue:
-    """A durable queue on a direct exchange of the same name (Celery's own convention)."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+CLASSIC, QUORUM = "classic", "quorum"
+
+
+def queue(name: str, *, queue_type: str = CLASSIC, delivery_limit: int | None = None) -> Queue:
+    """A durable queue on an exchange of the same name (Celery's own convention).
+
+    ``classic``: a direct exchange. ``quorum`` (RabbitMQ, ``CICB_QUEUE_TYPE``): a quorum
+    queue, Raft-replicated over the cluster's nodes, with RabbitMQ's own bound on deliveries
+    (``delivery_limit``), on a topic exchange, which Celery's native delayed delivery can
+    route countdowns through (a direct exchange cannot).
+    """
+    if queue_type != QUORUM:
+        return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+    arguments: dict[str, Any] = {"x-queue-type": QUORUM}
+    if delivery_limit is not None:
+        arguments["x-delivery-limit"] = delivery_limit
+    return Queue(
+        name,
+        Exchange(name, type="topic"),
+        routing_key=name,
+        durable=True,
+        queue_arguments=arguments,
+    )
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """``ingest`` and ``actions``, as ``CICB_QUEUE_TYPE`` says. On quorum queues RabbitMQ
+    lets a message be delivered once more than cicb does (``CICB_MAX_DELIVERIES``): cicb
+    dead-letters it, with its body, on that last delivery, before RabbitMQ would drop it."""
+    limit = settings.max_deliveries + 1 if settings.queue_type == QUORUM else None
+    return [
+        queue(name, queue_type=settings.queue_type, delivery_limit=limit)
+        for name in (INGEST_QUEUE, ACTIONS_QUEUE)
+    ]
+
+
+def dead_letter_queue(settings: Settings) -> Queue:
+    """``dead_letter``, as ``CICB_QUEUE_TYPE`` says, with no bound on deliveries: reading the
+    dead letters in place delivers them and gives them back."""
+    return queue(DEAD_LETTER_QUEUE, queue_type=settings.queue_type)
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:

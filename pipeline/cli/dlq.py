@@ -8,7 +8,7 @@ import click
 
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.kind import kind_of
-from pipeline.brokers.queues import connection
+from pipeline.brokers.queues import connection, dead_letter_queue
 from pipeline.cli.common import (
     fail,
     guarded,
@@ -24,7 +24,7 @@ def dlq() -> None:
 
 
 def _dead_letters(settings: Settings) -> DeadLetterQueue:
-    return DeadLetterQueue(lambda: connection(settings))
+    return DeadLetterQueue(lambda: connection(settings), dead=dead_letter_queue(settings))
 
 
 @dlq.command("list")

@@ -16,7 +16,7 @@ from pipeline.archive import Archive
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.depths import QueueDepths
 from pipeline.brokers.kind import kind_of
-from pipeline.brokers.queues import connection, transport_options
+from pipeline.brokers.queues import connection, dead_letter_queue, transport_options
 from pipeline.console.auth import Guard
 from pipeline.console.queries import Queries, Resend
 from pipeline.reconcile.store import ReconcileStore
@@ -76,7 +76,9 @@ def queries_of(settings: Settings, workers_online: Callable[[], list[str]] | Non
     return Queries(
         settings,
         archive=Archive.configured(client, settings),
-        dead_letters=DeadLetterQueue(lambda: connection(settings)),
+        dead_letters=DeadLetterQueue(
+            lambda: connection(settings), dead=dead_letter_queue(settings)
+        ),
         depths=QueueDepths(settings, kind),
         table=table_for(settings),
         reconcile=(

@@ -296,6 +296,17 @@ class Cluster:
     def in_flight(self) -> int:
         return int(self.probe(self.broker_url, "ZCARD", "cicb:inflight"))
 
+    def in_flight_states(self) -> list[Any]:
+        """Some of the records still kept, with what the broker says of them (to report)."""
+        ids = self.probe(self.broker_url, "ZRANGE", "cicb:inflight", "0", "4")
+        found = []
+        for task_id in ids:
+            meta = self.probe(self.broker_url, "HGET", "cicb:inflight:meta", task_id)
+            lease = self.probe(self.broker_url, "GET", f"cicb:lease:{task_id}")
+            done = self.probe(self.broker_url, "EXISTS", f"cicb:done:{task_id}")
+            found.append({"id": task_id, "meta": meta, "lease": lease, "done": done})
+        return found
+
     def stop(self) -> None:
         for process in self.cicb:
             process.stop(timeout_s=20)

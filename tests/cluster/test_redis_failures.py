@@ -31,7 +31,10 @@ from tests.cluster.stack import (
 )
 from tests.reliability.harness import log_lines, report
 
-pytestmark = pytest.mark.cluster
+# Each scenario: about 20 s to start, 50 s of load, then however long it takes to settle.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+# What is not done this long after the load ended is reported, then asserted on.
+SETTLE_S = 240
 
 COUNT = 2000
 RATE = 40.0
@@ -57,10 +60,10 @@ def run(
             set(keys.values()) <= set(cluster.notified())
             and len(cluster.submitted()) >= len(failed)
         ),
-        timeout_s=300,
+        timeout_s=SETTLE_S,
     )
     # A repeat can come for as long as a task message is kept: wait until none is.
-    settle(lambda: cluster.in_flight() == 0, timeout_s=180)
+    settle(lambda: cluster.in_flight() == 0, timeout_s=SETTLE_S)
     notified = cluster.notified()
     first = cluster.first_notified()
     submitted = cluster.submitted()
@@ -100,6 +103,13 @@ def run(
         "republished": sum(line.get("event") == "message.republished" for line in log_lines(*logs)),
         "steady_after_s": round(steady_s, 1),
     }
+    missing = sorted(set(keys.values()) - set(notified))[:5]
+    if missing or cluster.in_flight():
+        figures["missing"] = missing
+        figures["unresubmitted"] = sorted(
+            {f"input/jrel{n:08d}.mp4" for n in failed} - set(submitted)
+        )[:5]
+        figures["still_in_flight"] = cluster.in_flight_states()
     report(name, **figures)
     assert figures["lost"] == 0
     assert set(submitted) >= {f"input/jrel{n:08d}.mp4" for n in failed}

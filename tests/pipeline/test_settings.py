@@ -33,6 +33,7 @@ DEFAULTS = [
     Default(
         "CICB_REDIS_URL", "state_url", "redis://127.0.0.1:6390/0", "the broker URL when it is Redis"
     ),
+    Default("CICB_QUEUE_TYPE", "queue_type", "classic"),
     Default("CICB_SENTINEL_MASTER", "sentinel_master", "mymaster"),
     Default("CICB_SENTINEL_PASSWORD", "sentinel_password", None, "none"),
     Default("CICB_MIN_REPLICAS", "min_replicas", 0),
