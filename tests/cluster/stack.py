@@ -49,6 +49,9 @@ class Cluster:
     peer: Host | None = None
     client: Host | None = None
     proxy: Host | None = None
+    rabbit_hosts: list[Host] = field(default_factory=list)
+    # Set by a RabbitMQ scenario: the cluster the broker is (tests.cluster.rabbit).
+    rabbit: Any = None
     broker_url: str = ""
 
     @classmethod
@@ -60,6 +63,7 @@ class Cluster:
         cluster.peer = net.add("peer1", 41)
         cluster.client = net.add("client1", 51)
         cluster.proxy = net.add("proxy1", 61)
+        cluster.rabbit_hosts = [net.add(f"rabbit{i}", 70 + i) for i in (1, 2, 3)]
         net.names({h.name: h.address for h in net.hosts.values()})
         return cluster
 
@@ -294,10 +298,16 @@ class Cluster:
         return collections.Counter(json.loads(path.read_text()) if path.exists() else [])
 
     def in_flight(self) -> int:
+        """Task messages not finished: kept in flight on Redis; on RabbitMQ, those ready or
+        delivered and unacknowledged on cicb's queues."""
+        if self.rabbit is not None:
+            return int(self.rabbit.unfinished())
         return int(self.probe(self.broker_url, "ZCARD", "cicb:inflight"))
 
     def in_flight_states(self) -> list[Any]:
         """Some of the records still kept, with what the broker says of them (to report)."""
+        if self.rabbit is not None:
+            return [self.rabbit.unfinished()]
         ids = self.probe(self.broker_url, "ZRANGE", "cicb:inflight", "0", "4")
         found = []
         for task_id in ids:
