@@ -11,7 +11,8 @@ import redis
 from pipeline import Route, task
 from workers.app import app
 
-counter = redis.Redis.from_url(os.environ["CICB_BROKER_URL"])
+# cicb's Redis: the broker's, or the state's beside RabbitMQ.
+counter = redis.Redis.from_url(os.environ.get("CICB_REDIS_URL") or os.environ["CICB_BROKER_URL"])
 
 routes = [Route("bench", ["bench.noop"])]
 

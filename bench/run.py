@@ -12,6 +12,8 @@ side are the figures that count. Nothing here is a test; nothing asserts a time.
 2. End to end: callbacks/s through ingest and a one-step no-op route, beside Celery's own
    no-op task rate with the same broker and worker settings.
 3. Memory: receiver and worker resident memory after 10,000 and 100,000 callbacks.
+4. RabbitMQ: end to end on one RabbitMQ node, classic queues beside quorum queues
+   (``CICB_QUEUE_TYPE``), the state in the bench's Valkey.
 """
 
 from __future__ import annotations
@@ -305,21 +307,22 @@ class Bench:
         )
         return rows
 
-    def worker(self, log: Path) -> Any:
+    def worker(self, log: Path, **extra: str) -> Any:
         """A worker as cicb runs it, with the no-op routes of bench/noop_routes.py."""
         args = [sys.executable, "-m", *WORKER_COMMAND.split()]
-        return process(args, {**self.env, "CICB_ROUTES": "bench.noop_routes"}, log)
+        return process(args, {**self.env, "CICB_ROUTES": "bench.noop_routes", **extra}, log)
 
     def done(self) -> int:
         """What the no-op routes and tasks have counted (bench/noop_routes.py)."""
         return int(self.redis.get("bench:done") or 0)
 
-    def cicb_rate(self) -> float:
-        """Callbacks per second from the first POST to the end of the last one's route."""
+    def cicb_rate(self, **extra: str) -> float:
+        """Callbacks per second from the first POST to the end of the last one's route
+        (``extra``: settings beside the bench's, another broker say)."""
         self.fresh_broker()
         with (
-            self.server("cicb") as (url, _),
-            self.worker(self.tmp / "worker.log"),
+            self.server("cicb", **extra) as (url, _),
+            self.worker(self.tmp / "worker.log", **extra),
         ):
             post_one(url)  # the worker is up and warm once this one is routed
             wait_for(lambda: self.done() >= 1, 120)
@@ -352,6 +355,41 @@ class Bench:
             ["cicb: callbacks/s, POST to the end of a 1-step no-op route", f"{cicb:,.0f}"],
             ["Celery: no-op tasks/s, same broker and worker settings", f"{celery:,.0f}"],
             ["ratio to the ceiling per Celery task", f"{cicb * tasks_per_callback / celery:.2f}"],
+        ]
+
+    def rabbitmq_rows(self) -> list[list[str]]:
+        """End to end on one RabbitMQ node: classic queues beside quorum queues, interleaved,
+        the state in the bench's Valkey."""
+        from kombu import Connection
+
+        from tests.rabbitmq import RABBITMQ_SERVER, RabbitMQ
+
+        if RABBITMQ_SERVER is None:
+            return [["rabbitmq-server not installed: skipped", "", ""]]
+        server = RabbitMQ(self.tmp / "rabbitmq")
+        server.start()
+        rates: dict[str, list[float]] = {"classic": [], "quorum": []}
+        try:
+            for _ in range(RUNS):
+                for queue_type in rates:
+                    # A queue's type is fixed when it is declared: start from none.
+                    with Connection(server.url) as conn:
+                        channel = conn.default_channel
+                        for name in ("ingest", "actions", "dead_letter"):
+                            channel.queue_delete(name)
+                            channel.exchange_delete(name)
+                    rate = self.cicb_rate(
+                        CICB_BROKER_URL=server.url,
+                        CICB_REDIS_URL=self.broker_url,
+                        CICB_QUEUE_TYPE=queue_type,
+                    )
+                    rates[queue_type].append(rate)
+        finally:
+            server.close()
+        classic, quorum = (statistics.median(rates[t]) for t in ("classic", "quorum"))
+        return [
+            ["classic queues", f"{classic:,.0f}", "1.00"],
+            ["quorum queues", f"{quorum:,.0f}", f"{quorum / classic:.2f}"],
         ]
 
     def memory_rows(self) -> list[list[str]]:
@@ -393,7 +431,7 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     )
 
 
-PARTS = ("receiver", "e2e", "memory")
+PARTS = ("receiver", "e2e", "memory", "rabbitmq")
 # The receiver answering 200 only once a replica has the callback (WAIT).
 REPLICATED = "cicb, CICB_MIN_REPLICAS=1 (a replica)"
 MIN_REPLICAS = {"CICB_MIN_REPLICAS": "1"}
@@ -426,6 +464,15 @@ def main() -> None:
                         f"End to end ({E2E_CALLBACKS:,} callbacks)",
                         ["", "rate"],
                         bench.end_to_end_rows(),
+                    ),
+                    flush=True,
+                )
+            if "rabbitmq" in parts:
+                print(
+                    table(
+                        f"End to end on RabbitMQ, one node ({E2E_CALLBACKS:,} callbacks)",
+                        ["queues", "callbacks/s", "vs classic"],
+                        bench.rabbitmq_rows(),
                     ),
                     flush=True,
                 )

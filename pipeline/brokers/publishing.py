@@ -15,6 +15,9 @@ from celery import Celery
 from pipeline.brokers.queues import INGEST_QUEUE, INGEST_TASK, ping
 from pipeline.errors import BrokerUnavailable
 
+# How long one publish may wait for the broker to take it (and, on RabbitMQ, confirm it).
+PUBLISH_TIMEOUT_S = 3.0
+
 
 class Publisher:
     """Sends task messages by name. Thread-safe: producers come from a pool.
@@ -57,7 +60,15 @@ class Publisher:
         """
         try:
             result = self._app.send_task(
-                task, args=args, kwargs=kwargs or {}, queue=queue_name, chain=chain
+                task,
+                args=args,
+                kwargs=kwargs or {},
+                queue=queue_name,
+                chain=chain,
+                # A node that takes the message and never confirms it (cut off, stuck) is
+                # given up on: the retry policy tries the next node, then the caller is told.
+                timeout=PUBLISH_TIMEOUT_S,
+                confirm_timeout=PUBLISH_TIMEOUT_S,
             )
         except Exception as exc:  # kombu raises OperationalError and socket errors alike
             raise BrokerUnavailable(f"broker did not take the message: {exc}") from exc

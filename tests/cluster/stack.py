@@ -240,6 +240,15 @@ class Cluster:
             wait_until(lambda log=log: " ready." in log.read_text(), timeout_s=90, what="worker")
         return env
 
+    def receiver_metrics(self, receiver: Host) -> str:
+        """A receiver's ``/metrics``, read from the client host."""
+        assert self.client is not None
+        url = f"http://{receiver.address}:{RECEIVER_PORT}/metrics"
+        done = self.client.exec(
+            PYTHON, "-c", f"import httpx; print(httpx.get({url!r}, timeout=10).text)"
+        )
+        return done.stdout
+
     def worker_log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 

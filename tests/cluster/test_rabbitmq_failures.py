@@ -38,6 +38,9 @@ def test_the_node_leading_ingest_is_killed(cluster: Cluster, rabbits: RabbitClus
         settle(lambda: rabbits.leader("ingest") is not leader, timeout_s=60)
 
     run(cluster, "RabbitMQ: ingest's leader SIGKILLed", rabbits.url, kill_leader, **quorum(cluster))
+    # The queues' depths, read from whichever node still answers.
+    for receiver in cluster.receivers:
+        assert 'cicb_queue_messages{queue="ingest"} 0.0' in cluster.receiver_metrics(receiver)
 
 
 def test_one_node_is_cut_off_for_30_s(cluster: Cluster, rabbits: RabbitCluster) -> None:

@@ -167,7 +167,12 @@ def compose_config(path: Path = ROOT / "docker-compose.yml") -> dict[str, Any]:
     )
     done = subprocess.run(
         ["docker-compose", "-f", str(path), "config"],
-        env={"CICB_RECEIVER_TOKEN": TOKEN, "CICB_CONSOLE_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
+        env={
+            "CICB_RECEIVER_TOKEN": TOKEN,
+            "CICB_CONSOLE_TOKEN": TOKEN,
+            "RABBITMQ_ERLANG_COOKIE": "cookie",
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -370,3 +375,23 @@ def test_the_sentinel_example_runs_cicb_on_three_redis_nodes_and_their_sentinels
         assert env["CICB_MIN_REPLICAS"] == "1"
         # The settings cicb reads from this environment are valid (it would stop at start).
         Settings.from_env(env)
+
+
+def test_the_rabbitmq_example_runs_cicb_on_three_clustered_nodes_with_quorum_queues() -> None:
+    services = compose_config(DEPLOY / "rabbitmq" / "docker-compose.yml")["services"]
+    nodes = sorted(name for name in services if name.startswith("rabbitmq-"))
+    assert nodes == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+    # One Erlang cookie, and each node knows the other two.
+    assert {services[n]["environment"]["RABBITMQ_ERLANG_COOKIE"] for n in nodes} == {"cookie"}
+    for name in nodes:
+        assert services[name]["hostname"] == name
+        args = services[name]["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+        assert all(f"rabbit@{n}" in args for n in nodes)
+    cicb = {"receiver", "worker", "beat", "console"}
+    assert cicb <= set(services)
+    for name in cicb:
+        env = services[name]["environment"]
+        hosts = [url.split("@")[1].split(":")[0] for url in env["CICB_BROKER_URL"].split(";")]
+        assert hosts == nodes
+        settings = Settings.from_env(env)
+        assert settings.queue_type == "quorum" and settings.redis_url == "redis://redis:6379/0"
