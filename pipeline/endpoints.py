@@ -109,12 +109,10 @@ class RedisEndpoint:
         options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, **options}
         if not self.is_sentinel:
             return redis.Redis.from_url(self.url, **options)
-        manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        manager = redis.sentinel.Sentinel(
             list(self.sentinels), sentinel_kwargs=self._sentinel_kwargs(timeout_s)
         )
-        client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
-            self.master, **self._master_kwargs(), **options
-        )
+        client: redis.Redis = manager.master_for(self.master, **self._master_kwargs(), **options)
         return client
 
     def async_client(
@@ -124,7 +122,7 @@ class RedisEndpoint:
         options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, **options}
         if not self.is_sentinel:
             return redis.asyncio.Redis.from_url(self.url, **options)
-        manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        manager = redis.asyncio.sentinel.Sentinel(
             list(self.sentinels), sentinel_kwargs=self._sentinel_kwargs(timeout_s)
         )
         client: redis.asyncio.Redis = manager.master_for(
