@@ -30,13 +30,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore, Retry
 from celery.utils.time import get_exponential_backoff_interval
+from kombu.utils.uuid import uuid
 
 from pipeline import logs
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.queues import dead_letter_queue
+from pipeline.endpoints import NotReplicated
 from pipeline.errors import PermanentError, TransientError
 from pipeline.settings import Settings
 from workers.metrics import worker_metrics
@@ -48,6 +51,24 @@ log = logs.get_logger("cicb.task")
 ROUTE_HEADER = "cicb_route"
 RECEIVED_AT_HEADER = "cicb_received_at"
 LAST_STEP_HEADER = "cicb_last_step"
+
+
+# What a task keeps of Celery's options while its countdown runs: not the countdown, and
+# not the exchange and routing key of the message it came in (it is routed again by name).
+NOT_KEPT = frozenset({"countdown", "eta", "exchange", "routing_key", "redelivered"})
+
+
+def _delay_s(options: dict[str, Any]) -> float:
+    """The countdown ``options`` ask for, in seconds (0: none)."""
+    if options.get("countdown"):
+        return float(options["countdown"])
+    eta = options.get("eta")
+    if eta is None:
+        return 0.0
+    when = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()
 
 
 class RedeliveryLimit(PermanentError):
@@ -77,6 +98,38 @@ def backoff_s(retries: int, settings: Settings, *, at_least_s: float | None = No
 
 
 class PipelineTask(Task):  # type: ignore[misc]
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's, except on RabbitMQ's quorum queues, where a countdown (a retry, a
+        deferral, a scheduled resubmission) waits in cicb's Redis until it is due
+        (``pipeline.brokers.countdowns``), then is published by a worker's keeper. If Redis
+        cannot take it, it waits on RabbitMQ, Celery's way."""
+        delay_s = _delay_s(options)
+        countdowns = resources().countdowns if delay_s > 0 else None
+        if countdowns is not None:
+            task_id = task_id or uuid()
+            kept = {k: v for k, v in options.items() if k not in NOT_KEPT}
+            kept.update(link=link, link_error=link_error, shadow=shadow)
+            try:
+                countdowns.schedule(
+                    delay_s, task_id, self.name, list(args or ()), dict(kwargs or {}), kept
+                )
+                return self.AsyncResult(task_id)
+            except (redis.RedisError, NotReplicated) as exc:
+                log.warning("countdown.not_kept", task_id=task_id, error=str(exc))
+        return super().apply_async(
+            args, kwargs, task_id, producer, link, link_error, shadow, **options
+        )
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         logs.clear()
         logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)

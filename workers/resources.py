@@ -26,6 +26,7 @@ from pipeline.actions.resubmit import DEFAULT_NEVER_RETRY_CODES
 from pipeline.actions.signing import webhook_secret_bytes
 from pipeline.actions.targets import Target
 from pipeline.archive import Archive
+from pipeline.brokers.countdowns import Countdowns
 from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.kind import BrokerKind, kind_of, replicas_of
 from pipeline.endpoints import NotReplicated
@@ -55,6 +56,8 @@ class Resources:
     never_retry_codes: frozenset[str]
     # Where cicb.ingest keeps each body it handled (None: off, or no Redis).
     archive: Archive | None = None
+    # Tasks waiting for a countdown, on RabbitMQ's quorum queues (None: elsewhere).
+    countdowns: Countdowns | None = None
     # This worker: its host and main process (resources are built there, before the pool
     # forks), as its heartbeats and leases name it.
     worker: str = ""
@@ -97,6 +100,11 @@ class Resources:
                 else DEFAULT_NEVER_RETRY_CODES
             ),
             archive=Archive.configured(client, settings),
+            countdowns=(
+                Countdowns(client, replicas=replicas)
+                if client is not None and kind.keeps_countdowns(settings)
+                else None
+            ),
             worker=f"{socket.gethostname()}/{os.getpid()}",
         )
 

@@ -10,12 +10,14 @@ thread in the worker's main process that, every ``HEARTBEAT_S``:
 - every ``CICB_STEP_LEASE_RENEW_S``, renews the leases of the tasks its pool runs
   (``TaskRuns.renew``), so a lease expires only when its holder is gone;
 - if it holds the sweep's lock (one worker at a time), sweeps the records that are due
-  (``Inflight.sweep``): a lost message is published again within seconds.
+  (``Inflight.sweep``): a lost message is published again within seconds;
+- on RabbitMQ's quorum queues, publishes the tasks whose countdown is over
+  (``pipeline.brokers.countdowns``).
 
 It runs in a thread of its own, not on the consumer's timer: it goes on while the consumer
 reconnects after a broker outage and while a solo pool runs a task. Each (re)start of the
 consumer is a disturbance (a broken connection may have lost a message it had just taken),
-which the next heartbeat reports. On a RabbitMQ broker only the leases are renewed.
+which the next heartbeat reports. On a RabbitMQ broker there are no records to keep.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from celery.worker import state
 from celery.worker.request import Request
 
 from pipeline import logs
+from pipeline.brokers.countdowns import Due
 from pipeline.brokers.inflight import HEARTBEAT_S, Inflight
+from pipeline.brokers.publishing import PUBLISH_TIMEOUT_S
 from workers.base import PipelineTask
 from workers.resources import Resources, resources
 
@@ -106,6 +110,9 @@ class Keeper(threading.Thread):
         if runs is not None and now - self._renewed_at >= self.res.settings.step_lease_renew_s:
             runs.renew(owners)
             self._renewed_at = now
+        countdowns = self.res.countdowns if self.consumer is not None else None
+        if countdowns is not None and (sent := countdowns.publish_due(self.publish)):
+            log.info("countdowns.published", count=sent)
         if inflight is None:
             return
         disturbed = self.disturbed.is_set()
@@ -118,6 +125,18 @@ class Keeper(threading.Thread):
                 found = inflight.sweep(runs.settled(ids), ids)
                 if found.republished:
                     log.warning("inflight.swept", states=found.states)
+
+    def publish(self, due: Due) -> None:
+        """Publish a task whose countdown is over, routed by its name."""
+        self.consumer.app.send_task(
+            due.name,
+            due.args,
+            due.kwargs,
+            task_id=due.task_id,
+            timeout=PUBLISH_TIMEOUT_S,
+            confirm_timeout=PUBLISH_TIMEOUT_S,
+            **due.options,
+        )
 
     def stop(self) -> None:
         self.stopping.set()

@@ -40,6 +40,11 @@ class BrokerKind:
         """Whether task messages are kept on the broker until their task finishes."""
         return self.is_redis
 
+    def keeps_countdowns(self, settings: Settings) -> bool:
+        """Whether cicb's tasks wait for their countdowns in cicb's Redis
+        (``pipeline.brokers.countdowns``): on RabbitMQ's quorum queues."""
+        return not self.is_redis and settings.queue_type == QUORUM
+
     def state_client(self, *, timeout_s: float = 5.0) -> redis.Redis | None:
         """A client of the state's Redis (None without one)."""
         return self.state.client(timeout_s=timeout_s) if self.state is not None else None
@@ -54,8 +59,9 @@ class BrokerKind:
 
     def celery_options(self, settings: Settings) -> dict[str, Any]:
         """The broker part of a Celery app's configuration: the broker, the queues and, on
-        quorum queues, Celery's native delayed delivery for countdowns (retries wait on
-        RabbitMQ, not in a worker that holds the message)."""
+        quorum queues, what Celery needs there (no global QoS; countdowns of tasks that are
+        not cicb's through RabbitMQ's native delayed delivery, cicb's in its Redis:
+        ``pipeline.brokers.countdowns``)."""
         options: dict[str, Any] = {
             "broker_url": self.broker_url,
             "broker_transport_options": transport_options(settings),

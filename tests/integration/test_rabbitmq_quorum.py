@@ -1,8 +1,9 @@
 """cicb on RabbitMQ's quorum queues (``CICB_QUEUE_TYPE=quorum``), on a node of its own: the
-queues are quorum queues, a retry's countdown waits on RabbitMQ (Celery's native delayed
-delivery), not in a worker holding the message, and a message that kills its worker every
-time is dead-lettered with its body after the delivery limit, not dropped by RabbitMQ. The
-three-node cluster's scenarios are in tests/cluster."""
+queues are quorum queues, a retry's countdown waits in cicb's Redis
+(``pipeline.brokers.countdowns``), neither in a worker holding the message nor in RabbitMQ's
+delay queues, and a message that kills its worker every time is dead-lettered with its body
+after the delivery limit, not dropped by RabbitMQ. The three-node cluster's scenarios are in
+tests/cluster."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from amqp.exceptions import PreconditionFailed
-from kombu import Connection, Exchange
+from kombu import Connection
 
+from pipeline.brokers.countdowns import DUE_KEY, TASKS_KEY
 from pipeline.brokers.queues import INGEST_QUEUE, queue
 from tests.rabbitmq import RabbitMQ
 from tests.support import (
@@ -46,7 +49,7 @@ def callback(job_id: str, tag: str = "Tts") -> bytes:
     return body.replace(b"<Tag>Tts</Tag>", f"<Tag>{tag}</Tag>".encode())
 
 
-def test_queues_are_quorum_and_a_retry_waits_on_rabbitmq(
+def test_queues_are_quorum_and_a_retry_waits_in_redis(
     make_stack: Callable[..., Stack], quorum_url: str, broker_url: str, target: Target
 ) -> None:
     # The first notification is refused for now, and the target asks for 3 s.
@@ -61,20 +64,28 @@ def test_queues_are_quorum_and_a_retry_waits_on_rabbitmq(
     assert stack.post(callback("jquorum1")).status_code == 200
     wait_until(lambda: target.received, what="the first try")
     refused_at = target.received[0]["at"]
-    # While the retry waits, the worker holds nothing: the countdown is RabbitMQ's.
+    # While the retry waits, the worker holds nothing, and neither does RabbitMQ: the
+    # countdown is kept in cicb's Redis.
     time.sleep(1)
     assert metric(stack.worker_metrics(), "cicb_tasks_scheduled") == 0
+    state = redis.Redis.from_url(broker_url)
+    [waiting] = state.zrange(DUE_KEY, 0, -1)
+    assert b"jquorum1" in state.hget(TASKS_KEY, waiting)  # type: ignore[operator]
+    with Connection(quorum_url) as conn:
+        channel = conn.default_channel
+        delayed = [
+            channel.queue_declare(f"celery_delayed_{level}", passive=True).message_count
+            for level in range(28)
+        ]
+    assert delayed == [0] * 28
     [event] = target.wait_for(1, timeout_s=30)
     assert event["job_id"] == "jquorum1"
     delivered = [r for r in target.received if r["status"] == 200]
     assert delivered[0]["at"] - refused_at >= 2.9
-    with Connection(quorum_url) as conn:
-        channel = conn.default_channel
-        # Celery's delayed-delivery exchanges carried it.
-        Exchange("celery_delayed_27", type="topic", passive=True)(channel).declare()
-        # ingest is a quorum queue: declaring it classic is refused.
-        with pytest.raises(PreconditionFailed):
-            queue(INGEST_QUEUE)(channel).declare()
+    assert state.zcard(DUE_KEY) == 0 and state.hlen(TASKS_KEY) == 0
+    # ingest is a quorum queue: declaring it classic is refused.
+    with Connection(quorum_url) as conn, pytest.raises(PreconditionFailed):
+        queue(INGEST_QUEUE)(conn.default_channel).declare()
 
 
 def test_a_message_that_kills_its_worker_is_dead_lettered_after_the_delivery_limit(
