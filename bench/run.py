@@ -10,10 +10,15 @@ side are the figures that count. Nothing here is a test; nothing asserts a time.
    (``CICB_MIN_REPLICAS=1``, a second Valkey replicating the broker). Every accepted
    callback is then counted on the broker.
 2. End to end: callbacks/s through ingest and a one-step no-op route, beside Celery's own
-   no-op task rate with the same broker and worker settings.
-3. Memory: receiver and worker resident memory after 10,000 and 100,000 callbacks.
-4. RabbitMQ: end to end on one RabbitMQ node, classic queues beside quorum queues
+   no-op task rate with the same broker and worker settings, run by run.
+3. Round trips: the worker's to Redis per callback and per Celery no-op task, counted by a
+   proxy between the worker and Valkey (``bench.roundtrips``).
+4. Memory: receiver and worker resident memory after 10,000 and 100,000 callbacks.
+5. RabbitMQ: end to end on one RabbitMQ node, classic queues beside quorum queues
    (``CICB_QUEUE_TYPE``), the state in the bench's Valkey.
+
+Then each target of the performance issue beside the figure measured for it: PASS, or the
+gap. ``python -m bench.run receiver e2e`` runs the parts named.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ import httpx
 import psutil
 import redis
 
+from bench.roundtrips import RoundTripProxy
 from pipeline.processes import WORKER_COMMAND, embedded_broker_command
 from pipeline.settings import Settings
 
@@ -50,6 +57,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNECTIONS = 50
 E2E_CALLBACKS = int(os.environ.get("BENCH_E2E_CALLBACKS", "4000"))
 MEMORY_AT = (10_000, int(os.environ.get("BENCH_MEMORY_CALLBACKS", "100000")))
+ROUND_TRIP_CALLBACKS = 1000
 
 
 def free_port() -> int:
@@ -167,6 +175,10 @@ class Bench:
         self.broker_port = free_port()
         self.broker_url = f"redis://127.0.0.1:{self.broker_port}/0"
         self.redis = redis.Redis(port=self.broker_port)
+        # The broker as the worker sees it when its round trips are counted.
+        self.counted_url = self.broker_url
+        # Each target of the performance issue, with the figure measured for it.
+        self.targets: list[Target] = []
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CICB_")},
             "CICB_BROKER_URL": self.broker_url,
@@ -174,6 +186,7 @@ class Bench:
             "CICB_LOG_FORMAT": "json",
             "CICB_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
+            "BENCH_COUNTER_URL": self.broker_url,
         }
 
     @contextmanager
@@ -288,6 +301,20 @@ class Bench:
             return statistics.median(r[key] for r in results[config])
 
         peer = median(configs[4], "rps")
+        cicb, ceiling_1 = median(configs[0], "rps"), median(configs[2], "rps")
+        self.targets += [
+            Target("receiver vs the Flask peer", cicb / peer, at_least=5.0, unit="x"),
+            Target("receiver vs the no-work ceiling", cicb / ceiling_1, at_least=0.5, unit="%"),
+            Target(
+                "receiver p99 at 50 connections",
+                median(configs[0], "p99"),
+                at_most=15.0,
+                unit=" ms",
+            ),
+            Target(
+                "every accepted callback on the broker", float(queued_ok), at_least=1.0, unit="yes"
+            ),
+        ]
         for config in configs:
             label, kind, workers = config
             rps = median(config, "rps")
@@ -316,45 +343,90 @@ class Bench:
         """What the no-op routes and tasks have counted (bench/noop_routes.py)."""
         return int(self.redis.get("bench:done") or 0)
 
-    def cicb_rate(self, **extra: str) -> float:
+    def cicb_rate(
+        self,
+        count: int = E2E_CALLBACKS,
+        *,
+        round_trips: Callable[[], int] | None = None,
+        **extra: str,
+    ) -> float:
         """Callbacks per second from the first POST to the end of the last one's route
-        (``extra``: settings beside the bench's, another broker say)."""
+        (``extra``: settings beside the bench's, another broker say). With ``round_trips``
+        (the worker's, counted by a proxy), the worker's round trips per callback instead."""
         self.fresh_broker()
+        worker_extra = {**extra}
+        if round_trips is not None:
+            worker_extra["CICB_BROKER_URL"] = self.counted_url
         with (
             self.server("cicb", **extra) as (url, _),
-            self.worker(self.tmp / "worker.log", **extra),
+            self.worker(self.tmp / "worker.log", **worker_extra),
         ):
             post_one(url)  # the worker is up and warm once this one is routed
             wait_for(lambda: self.done() >= 1, 120)
+            trips = round_trips() if round_trips else 0
             start = time.monotonic()
-            post_until(url, E2E_CALLBACKS + 1)
+            post_until(url, count + 1)
             total = accepted(url)
             wait_for(lambda: self.done() >= total, 900)
+            if round_trips is not None:
+                return (round_trips() - trips) / (total - 1)
             return (total - 1) / (time.monotonic() - start)
 
-    def celery_rate(self) -> float:
-        """Celery no-op tasks per second from the first sent to the last finished."""
+    def celery_rate(self, *, round_trips: Callable[[], int] | None = None) -> float:
+        """Celery no-op tasks per second from the first sent to the last finished; with
+        ``round_trips``, the worker's round trips per task instead."""
         from celery import Celery
 
         self.fresh_broker()
         app = Celery("bench", broker=self.broker_url, set_as_current=False)
-        with self.worker(self.tmp / "worker.log"), app.producer_or_acquire() as producer:
+        extra = {"CICB_BROKER_URL": self.counted_url} if round_trips else {}
+        with self.worker(self.tmp / "worker.log", **extra), app.producer_or_acquire() as producer:
             app.send_task("bench.plain_noop", queue="actions", producer=producer)
             wait_for(lambda: self.done() >= 1, 120)
+            trips = round_trips() if round_trips else 0
             start = time.monotonic()
             for _ in range(E2E_CALLBACKS):
                 app.send_task("bench.plain_noop", queue="actions", producer=producer)
             wait_for(lambda: self.done() >= E2E_CALLBACKS + 1, 900)
+            if round_trips is not None:
+                return (round_trips() - trips) / E2E_CALLBACKS
             return E2E_CALLBACKS / (time.monotonic() - start)
 
-    def end_to_end_rows(self) -> list[list[str]]:
-        cicb = statistics.median(self.cicb_rate() for _ in range(RUNS))
-        celery = statistics.median(self.celery_rate() for _ in range(RUNS))
-        tasks_per_callback = 2  # cicb.ingest, then the route's one step
+    def round_trip_rows(self) -> list[list[str]]:
+        """The worker's Redis round trips, counted by a proxy between it and Valkey."""
+        with RoundTripProxy(self.broker_port) as proxy:
+            self.counted_url = f"redis://127.0.0.1:{proxy.port}/0"
+            cicb = self.cicb_rate(ROUND_TRIP_CALLBACKS, round_trips=lambda: proxy.round_trips)
+            celery = self.celery_rate(round_trips=lambda: proxy.round_trips)
+        own = cicb - 2 * celery
+        self.targets.append(Target("worker round trips per callback, cicb's own", own, at_most=4))
         return [
-            ["cicb: callbacks/s, POST to the end of a 1-step no-op route", f"{cicb:,.0f}"],
-            ["Celery: no-op tasks/s, same broker and worker settings", f"{celery:,.0f}"],
-            ["ratio to the ceiling per Celery task", f"{cicb * tasks_per_callback / celery:.2f}"],
+            ["cicb: worker round trips per callback", f"{cicb:.1f}"],
+            ["Celery: worker round trips per no-op task", f"{celery:.1f}"],
+            ["cicb's own per callback (beyond two Celery tasks')", f"{cicb - 2 * celery:.1f}"],
+        ]
+
+    def end_to_end_rows(self) -> list[list[str]]:
+        """cicb and Celery's no-op ceiling, one after the other in each run, so noise hits
+        both alike; the ratio is the median of each run's."""
+        tasks_per_callback = 2  # cicb.ingest, then the route's one step
+        cicb_rates, celery_rates, ratios = [], [], []
+        for _ in range(RUNS):
+            cicb_rates.append(self.cicb_rate())
+            celery_rates.append(self.celery_rate())
+            ratios.append(cicb_rates[-1] * tasks_per_callback / celery_rates[-1])
+        ratio = statistics.median(ratios)
+        self.targets.append(Target("end to end, per Celery task's ceiling", ratio, at_least=0.9))
+        return [
+            [
+                "cicb: callbacks/s, POST to the end of a 1-step no-op route",
+                f"{statistics.median(cicb_rates):,.0f}",
+            ],
+            [
+                "Celery: no-op tasks/s, same broker and worker settings",
+                f"{statistics.median(celery_rates):,.0f}",
+            ],
+            ["ratio to the ceiling per Celery task (median of each run's)", f"{ratio:.2f}"],
         ]
 
     def rabbitmq_rows(self) -> list[list[str]]:
@@ -394,7 +466,7 @@ class Bench:
 
     def memory_rows(self) -> list[list[str]]:
         self.fresh_broker()
-        rows = []
+        rows, sizes = [], []
         with (
             self.server("cicb") as (url, receiver),
             self.worker(self.tmp / "worker-mem.log") as worker,
@@ -403,14 +475,55 @@ class Bench:
                 post_until(url, target, connections=8)
                 total = accepted(url)
                 wait_for(lambda t=total: self.done() >= t, 3600)
-                rows.append(
-                    [
-                        f"after {total:,} callbacks",
-                        f"{rss_mb(receiver):.0f}",
-                        f"{rss_mb(worker):.0f}",
-                    ]
-                )
+                sizes.append((rss_mb(receiver), rss_mb(worker)))
+                rows.append([f"after {total:,} callbacks", *(f"{mb:.0f}" for mb in sizes[-1])])
+        (receiver_first, worker_first), (receiver_last, worker_last) = sizes[0], sizes[-1]
+        self.targets += [
+            Target(
+                "receiver memory growth, 10k to 100k",
+                receiver_last / receiver_first - 1,
+                at_most=0.1,
+                unit="%",
+            ),
+            Target(
+                "worker memory growth, 10k to 100k",
+                worker_last / worker_first - 1,
+                at_most=0.1,
+                unit="%",
+            ),
+        ]
         return rows
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure and the bound it must meet."""
+
+    name: str
+    measured: float
+    at_least: float | None = None
+    at_most: float | None = None
+    unit: str = ""
+
+    def shown(self, value: float) -> str:
+        if self.unit == "%":
+            return f"{value:.0%}"
+        if self.unit == "yes":
+            return "yes" if value >= 1 else "no"
+        return f"{value:.2f}{self.unit}" if self.unit != "x" else f"{value:.1f}x"
+
+    def row(self) -> list[str]:
+        if self.at_least is not None:
+            bound, met = f">= {self.shown(self.at_least)}", self.measured >= self.at_least
+            gap = self.at_least - self.measured
+        else:
+            assert self.at_most is not None
+            bound, met = f"<= {self.shown(self.at_most)}", self.measured <= self.at_most
+            gap = self.measured - self.at_most
+        verdict = "PASS" if met else f"gap {self.shown(gap)}"
+        if self.unit == "yes":
+            verdict = "PASS" if met else "FAIL"
+        return [self.name, self.shown(self.measured), bound, verdict]
 
 
 def accepted(url: str) -> int:
@@ -431,7 +544,7 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     )
 
 
-PARTS = ("receiver", "e2e", "memory", "rabbitmq")
+PARTS = ("receiver", "e2e", "trips", "memory", "rabbitmq")
 # The receiver answering 200 only once a replica has the callback (WAIT).
 REPLICATED = "cicb, CICB_MIN_REPLICAS=1 (a replica)"
 MIN_REPLICAS = {"CICB_MIN_REPLICAS": "1"}
@@ -461,9 +574,21 @@ def main() -> None:
             if "e2e" in parts:
                 print(
                     table(
-                        f"End to end ({E2E_CALLBACKS:,} callbacks)",
+                        f"End to end ({E2E_CALLBACKS:,} callbacks; archive, deduplication "
+                        "and in-flight records on, as cicb up runs them)",
                         ["", "rate"],
                         bench.end_to_end_rows(),
+                    ),
+                    flush=True,
+                )
+
+            if "trips" in parts:
+                print(
+                    table(
+                        f"Worker round trips to Redis ({ROUND_TRIP_CALLBACKS:,} callbacks, "
+                        f"{E2E_CALLBACKS:,} Celery tasks)",
+                        ["", "per"],
+                        bench.round_trip_rows(),
                     ),
                     flush=True,
                 )
@@ -482,6 +607,15 @@ def main() -> None:
                         "Memory (resident, MB; receiver 1 process, worker with its pool)",
                         ["", "receiver", "worker"],
                         bench.memory_rows(),
+                    ),
+                    flush=True,
+                )
+            if bench.targets:
+                print(
+                    table(
+                        "Targets",
+                        ["figure", "measured", "target", ""],
+                        [t.row() for t in bench.targets],
                     ),
                     flush=True,
                 )

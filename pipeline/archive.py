@@ -316,6 +316,38 @@ class Archive:
         """
         if not self.enabled:
             return None
+        pipe = self._redis.pipeline(transaction=False)
+        self.record_in(
+            pipe,
+            envelope,
+            task_id=task_id,
+            outcomes=outcomes,
+            outcome=outcome,
+            error=error,
+            reason=reason,
+        )
+        try:
+            entry_id = pipe.execute()[0]
+        except redis.RedisError as exc:
+            log.warning("archive.not_written", request_id=envelope.request_id, error=str(exc))
+            return None
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def record_in(
+        self,
+        pipe: Any,
+        envelope: Envelope,
+        *,
+        task_id: str | None,
+        outcomes: list[dict[str, Any]],
+        outcome: str | None = None,
+        error: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """``record``, queued on ``pipe`` (a pipeline of this Redis), which its caller
+        executes; nothing when the archive is off."""
+        if not self.enabled:
+            return
         fields: dict[str, bytes | str] = {
             "request_id": envelope.request_id,
             "received_at": envelope.received_at.isoformat(),
@@ -334,15 +366,8 @@ class Archive:
         }
         fields.update({k: v for k, v in optional.items() if v is not None})
         oldest_ms = int((self._clock() - self.retention_s) * 1000)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xadd(self.key, fields, maxlen=self.max_entries, approximate=True)  # type: ignore[arg-type]
+        pipe.xadd(self.key, fields, maxlen=self.max_entries, approximate=True)
         pipe.xtrim(self.key, minid=f"{max(oldest_ms, 0)}-0", approximate=True)
-        try:
-            entry_id = pipe.execute()[0]
-        except redis.RedisError as exc:
-            log.warning("archive.not_written", request_id=envelope.request_id, error=str(exc))
-            return None
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def _floor_ms(self, since: datetime | None) -> int:
         """The oldest stream id worth reading: the retention's, or ``since``'s if later."""

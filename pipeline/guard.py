@@ -11,7 +11,7 @@ and completion are ``pipeline.runs``'.)
 from __future__ import annotations
 
 import contextlib
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -71,12 +71,17 @@ class Guard:
         or ``NotReplicated`` (retried: the next delivery finds the key and skips)."""
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.set(PREFIX + "dedup:" + key, DONE, ex=self._dedup_ttl_s)
+            self.confirm_in(pipe, key)
             self._replicas.wait(pipe)
             answers = pipe.execute()
         except redis.RedisError as exc:
             raise GuardUnavailable(f"cannot confirm {key}: {exc}") from exc
         self._replicas.check(answers)
+
+    def confirm_in(self, pipe: Any, key: str) -> None:
+        """``confirm``, queued on ``pipe`` (a pipeline of this Redis), which its caller
+        executes (and makes wait for the replicas)."""
+        pipe.set(PREFIX + "dedup:" + key, DONE, ex=self._dedup_ttl_s)
 
     def release(self, key: str, *, owner: str) -> None:
         """Give the claim back after a failure, so a later delivery can run the route."""

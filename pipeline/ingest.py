@@ -33,14 +33,16 @@ def ingest(
     guard: Guard | None = None,
     owner: str = "",
     seen: Callable[[Event], None] | None = None,
+    confirm: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Parse the envelope's body and start each event's route; return one outcome per event.
 
     With a ``guard``, an event whose deduplication key is already taken is skipped as a
-    duplicate, and ``owner`` (the task id) holds the key while its route starts. ``seen`` is
-    called with every event the body holds, duplicates included. Raises
-    ``ParseError`` for a body that is not a callback, and whatever ``dispatch`` raises
-    (``TransientError`` when the broker fails).
+    duplicate, and ``owner`` (the task id) holds the key while its route starts; once it
+    has, ``confirm`` keeps the key (``guard.confirm`` unless given: the worker writes it
+    with the route's first step, as its task ends). ``seen`` is called with every event the
+    body holds, duplicates included. Raises ``ParseError`` for a body that is not a
+    callback, and whatever ``dispatch`` raises (``TransientError`` when the broker fails).
     """
     logs.bind(request_id=envelope.request_id)
     outcomes = []
@@ -62,7 +64,7 @@ def ingest(
                     guard.release(key, owner=owner)
                 raise
             if guard is not None:
-                guard.confirm(key)
+                (confirm or guard.confirm)(key)
             if route is None:
                 outcome = UNROUTED
             else:

@@ -20,7 +20,7 @@ its step keeps running, lets a second copy start.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -30,6 +30,7 @@ from pipeline.brokers.inflight import DUE_KEY, SUSPECTS_KEY, Inflight
 from pipeline.brokers.inflight import KEYS as INFLIGHT_KEYS
 from pipeline.endpoints import Replicas
 from pipeline.errors import TransientError
+from pipeline.scripts import queue_script
 
 PREFIX = "cicb:"
 DEFAULT_LEASE_S = 30.0
@@ -150,16 +151,25 @@ class TaskRuns:
         name = state.decode() if isinstance(state, bytes) else str(state)
         return Start(cast(Any, name), int(count), max(int(pttl_ms), 0) / 1000)
 
-    def finish(self, task_id: str, owner: str, *, forget: Inflight | None = None) -> None:
+    def finish(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        forget: Inflight | None = None,
+        before: Sequence[Callable[[Any], None]] = (),
+    ) -> None:
         """The task finished: record it and release the lease; with ``forget``, its message
         is no longer kept in flight (in the same script when it lives in the same Redis).
-        With ``CICB_MIN_REPLICAS``, the record is on that many replicas when this returns.
-        Raises ``redis.RedisError``, ``NotReplicated``."""
+        ``before``: what else the task wrote as it ended, each queuing its commands on the
+        pipeline this executes, ahead of the record. With ``CICB_MIN_REPLICAS``, all of it
+        is on that many replicas when this returns. Raises ``redis.RedisError``,
+        ``NotReplicated``."""
         keys = [done_key(task_id), lease_key(task_id)]
         same = forget is not None and forget.client is self.client
         if same:
             keys += list(INFLIGHT_KEYS)
-        self._replicated(self._finish, keys, [owner, self._ttl_s, task_id])
+        self._replicated(self._finish, keys, [owner, self._ttl_s, task_id], before=before)
         if forget is not None and not same:
             forget.forget(task_id)
 
@@ -177,10 +187,20 @@ class TaskRuns:
         ``redis.RedisError``, ``NotReplicated``."""
         self._replicated(self._release, [lease_key(task_id)], [owner])
 
-    def _replicated(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        """Run ``script``, then ``WAIT`` for the replicas in the same round trip."""
+    def _replicated(
+        self,
+        script: Any,
+        keys: list[str],
+        args: list[Any],
+        *,
+        before: Sequence[Callable[[Any], None]] = (),
+    ) -> None:
+        """Run ``before``'s writes and ``script``, then ``WAIT`` for the replicas, in one
+        round trip."""
         pipe = self.client.pipeline(transaction=False)
-        script(keys=keys, args=args, client=pipe)
+        for write in before:
+            write(pipe)
+        queue_script(pipe, script, keys, args)
         self._replicas.wait(pipe)
         self._replicas.check(pipe.execute())
 

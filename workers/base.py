@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -52,6 +54,9 @@ ROUTE_HEADER = "cicb_route"
 RECEIVED_AT_HEADER = "cicb_received_at"
 LAST_STEP_HEADER = "cicb_last_step"
 
+
+# The writes the running task leaves for its last round trip (``PipelineTask.end_with``).
+_ending = threading.local()
 
 # What a task keeps of Celery's options while its countdown runs: not the countdown, and
 # not the exchange and routing key of the message it came in (it is routed again by name).
@@ -130,7 +135,14 @@ class PipelineTask(Task):  # type: ignore[misc]
             args, kwargs, task_id, producer, link, link_error, shadow, **options
         )
 
+    def end_with(self, write: Callable[[Any], None]) -> None:
+        """Have ``write`` queue its commands on the pipeline that records this run finished
+        (``TaskRuns.finish``): they are made in that round trip, ahead of the record, and
+        only if the run finishes (a retry or a failure drops them)."""
+        _ending.writes.append(write)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _ending.writes = []
         logs.clear()
         logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)
         started = time.perf_counter()
@@ -152,7 +164,13 @@ class PipelineTask(Task):  # type: ignore[misc]
         task_id = self.request.id
         res = resources()
         if res.runs is None or task_id is None:  # no Redis, or called directly
-            return "done", self._run(args, kwargs)
+            result = self._run(args, kwargs)
+            if res.client is not None and _ending.writes:
+                pipe = res.client.pipeline(transaction=False)
+                for write in _ending.writes:
+                    write(pipe)
+                pipe.execute()
+            return "done", result
         owner = res.owner()
         try:
             start = res.runs.start(task_id, self.request.retries, owner)
@@ -185,7 +203,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             # the message; its in-flight record brings it back): the lease is free.
             res.released(task_id, owner)
             raise
-        res.finished(task_id, owner, forget=not self._continues())
+        res.finished(task_id, owner, forget=not self._continues(), before=_ending.writes)
         return "done", result
 
     def _wait_for_lease(self, wait_s: float) -> NoReturn:

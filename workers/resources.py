@@ -15,8 +15,9 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -112,13 +113,31 @@ class Resources:
         """Who runs a task in this process, as its lease says: the worker and the process."""
         return f"{self.worker}/{os.getpid()}"
 
-    def finished(self, task_id: str, owner: str, *, forget: bool) -> None:
+    def finished(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        forget: bool,
+        before: Sequence[Callable[[Any], None]] = (),
+    ) -> None:
         """A task finished: its completion record and its lease released, and with
         ``forget`` its message no longer kept in flight, in one round trip when both live in
-        one Redis."""
+        one Redis; ``before``, what else it wrote as it ended, in the same round trip
+        (``TaskRuns.finish``)."""
         if (runs := self.runs) is not None:
             inflight = self.inflight if forget else None
-            self._patiently("finish", task_id, lambda: runs.finish(task_id, owner, forget=inflight))
+            self._patiently(
+                "finish",
+                task_id,
+                lambda: runs.finish(task_id, owner, forget=inflight, before=before),
+            )
+
+    @property
+    def one_redis(self) -> bool:
+        """Whether the state (leases, records, archive) lives in the broker's Redis, so a
+        task's last write can carry its task messages too."""
+        return self.inflight is not None and self.inflight.client is self.client
 
     def retried(self, task_id: str, attempt: int, owner: str) -> None:
         """A task scheduled its next attempt: ``attempt`` is superseded, the lease free."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from datetime import datetime
 from typing import Any
@@ -13,8 +14,11 @@ from kombu.exceptions import OperationalError
 from pipeline import logs
 from pipeline.archive import DEAD_LETTERED, dead_lettered_outcomes
 from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.queues import INGEST_TASK
+from pipeline.brokers.redis_transport import HeldPublish, held_publishes
 from pipeline.errors import BrokerUnavailable, ConfigError, PipelineError
+from pipeline.guard import Guard
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.parsing.events import SOURCE_CALLBACK, Event
 from pipeline.routing import Route, RouteTable, table_for
@@ -124,17 +128,45 @@ def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]
             delay_s = (received_at - ended_at).total_seconds()
             worker_metrics().delivery_delay.labels(event.tag or "").observe(max(0.0, delay_s))
 
-    outcomes = ingest_envelope(
-        received,
-        table=route_table(),
-        dispatch=functools.partial(dispatch, received_at=received_at),
-        guard=res.guard,
-        owner=self.request.id,
-        seen=seen,
+    # The routes' first steps, the keys that say they started, and the archive's entry go
+    # with the task's completion record, in its last round trip (in one Redis: otherwise
+    # the steps are published as they are dispatched).
+    confirmed: list[str] = []
+    holding: contextlib.AbstractContextManager[list[HeldPublish]] = (
+        held_publishes() if res.one_redis else contextlib.nullcontext([])
     )
+    with holding as held:
+        outcomes = ingest_envelope(
+            received,
+            table=route_table(),
+            dispatch=functools.partial(dispatch, received_at=received_at),
+            guard=res.guard,
+            owner=self.request.id,
+            seen=seen,
+            confirm=confirmed.append,
+        )
+    if held and res.inflight is not None:
+        self.end_with(functools.partial(publish_held, res.inflight, held))
+    if res.guard is not None and confirmed:
+        self.end_with(functools.partial(confirm_keys, res.guard, confirmed))
+    if res.archive is not None:
+        self.end_with(
+            functools.partial(
+                res.archive.record_in, envelope=received, task_id=self.request.id, outcomes=outcomes
+            )
+        )
     callbacks = worker_metrics().callbacks
     for outcome in outcomes:
         callbacks.labels(outcome["route"] or "", outcome["outcome"]).inc()
-    if res.archive is not None:
-        res.archive.record(received, task_id=self.request.id, outcomes=outcomes)
     return outcomes
+
+
+def publish_held(inflight: Inflight, held: list[HeldPublish], pipe: Any) -> None:
+    """Queue the held task messages on ``pipe``, with their in-flight records."""
+    for message in held:
+        inflight.publish_in(pipe, message.queue_key, [(message.task_id, message.raw, message.tag)])
+
+
+def confirm_keys(guard: Guard, keys: list[str], pipe: Any) -> None:
+    for key in keys:
+        guard.confirm_in(pipe, key)

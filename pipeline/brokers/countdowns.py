@@ -26,6 +26,7 @@ import redis
 from kombu.utils.json import dumps, loads
 
 from pipeline.endpoints import Replicas
+from pipeline.scripts import queue_script
 
 DUE_KEY = "cicb:countdowns"  # task id -> when it is due (Redis time, s)
 TASKS_KEY = "cicb:countdowns:tasks"  # task id -> the task, its arguments and options
@@ -102,7 +103,7 @@ class Countdowns:
         ``redis.RedisError``, ``NotReplicated``."""
         task = dumps({"name": name, "args": args, "kwargs": kwargs, "options": options})
         pipe = self.client.pipeline(transaction=False)
-        self._schedule(keys=[DUE_KEY, TASKS_KEY], args=[delay_s, task_id, task], client=pipe)
+        queue_script(pipe, self._schedule, [DUE_KEY, TASKS_KEY], [delay_s, task_id, task])
         self._replicas.wait(pipe)
         self._replicas.check(pipe.execute())
 

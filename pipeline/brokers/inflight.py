@@ -41,6 +41,7 @@ from typing import Any, cast
 import redis
 
 from pipeline import logs
+from pipeline.scripts import queue_script
 
 DUE_KEY = "cicb:inflight"  # task id -> when the sweep looks at its record next
 MESSAGES_KEY = "cicb:inflight:messages"  # task id -> the message, byte for byte
@@ -54,6 +55,8 @@ HELD_PREFIX = "cicb:held:"  # + worker name: the task ids it holds
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 KEYS = (DUE_KEY, MESSAGES_KEY, META_KEY, SUSPECTS_KEY)
+# PUBLISH's keys after the list's.
+PUBLISH_KEYS = (MESSAGES_KEY, META_KEY, DUE_KEY, SUSPECTS_KEY)
 
 # A record is first looked at this long after its publication, then every RECHECK_S.
 FIRST_CHECK_S = 2.0
@@ -284,19 +287,31 @@ class Inflight:
         self._republish = client.register_script(REPUBLISH)
 
     def publish(
-        self, queue_key: str, messages: Sequence[tuple[str, bytes, str]], *, client: Any = None
+        self,
+        queue_key: str,
+        messages: Sequence[tuple[str, bytes | str, str]],
+        *,
+        client: Any = None,
     ) -> None:
         """Push ``messages`` (task id, bytes, delivery tag) onto ``queue_key`` with their
         records, in one script: all of them, or (a record not written) none. Raises
         ``redis.RedisError``."""
+        self._publish(
+            keys=[queue_key, *PUBLISH_KEYS], args=self._publish_args(messages), client=client
+        )
+
+    def publish_in(
+        self, pipe: Any, queue_key: str, messages: Sequence[tuple[str, bytes | str, str]]
+    ) -> None:
+        """``publish``, queued on ``pipe`` (a pipeline of the broker), which its caller
+        executes."""
+        queue_script(pipe, self._publish, [queue_key, *PUBLISH_KEYS], self._publish_args(messages))
+
+    def _publish_args(self, messages: Sequence[tuple[str, bytes | str, str]]) -> list[Any]:
         args: list[Any] = [self.first_check_s]
         for task_id, raw, tag in messages:
             args += [task_id, raw, tag]
-        self._publish(
-            keys=[queue_key, MESSAGES_KEY, META_KEY, DUE_KEY, SUSPECTS_KEY],
-            args=args,
-            client=client,
-        )
+        return args
 
     def record_restored(self, pipe: Any, queue_key: str, task_id: str, raw: str, tag: str) -> None:
         """kombu put a taken message back on ``queue_key`` (queued on its transaction

@@ -7,6 +7,10 @@ a record that cannot be written stops the publish, which raises, so no message i
 without it. A message kombu puts back (a worker's warm shutdown, a worker lost under its
 task, the visibility timeout) takes its record with it.
 
+Inside ``held_publishes()`` a thread's task messages are kept instead, for its caller to
+write in a round trip of its own (``Inflight.publish``): the ingest task writes the first step
+of a route with what says the route started (``workers.tasks``).
+
 Celery uses it through ``broker_transport`` (``kind.BrokerKind.celery_options``), for one
 Redis address (``Transport``) or through Sentinels (``SentinelTransport``); everything else is
 kombu's own Redis transport.
@@ -14,7 +18,10 @@ kombu's own Redis transport.
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 from kombu.log import get_logger
 from kombu.transport import redis as kombu_redis
@@ -26,6 +33,30 @@ TRANSPORT = "pipeline.brokers.redis_transport:Transport"
 SENTINEL_TRANSPORT = "pipeline.brokers.redis_transport:SentinelTransport"
 
 crit = get_logger(__name__).critical
+
+
+class HeldPublish(NamedTuple):
+    """A task message kept by ``held_publishes``: for ``Inflight.publish``."""
+
+    queue_key: str
+    task_id: str
+    raw: str
+    tag: str
+
+
+_held = threading.local()
+
+
+@contextmanager
+def held_publishes() -> Iterator[list[HeldPublish]]:
+    """Keep the task messages this thread publishes in the block (in the list yielded)
+    instead of writing them; what the caller does not write is never published."""
+    held: list[HeldPublish] = []
+    _held.publishes = held
+    try:
+        yield held
+    finally:
+        _held.publishes = None
 
 
 class Recording(kombu_redis.Channel):  # type: ignore[misc]
@@ -46,6 +77,10 @@ class Recording(kombu_redis.Channel):  # type: ignore[misc]
             return
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         tag = message["properties"]["delivery_tag"]
+        held = getattr(_held, "publishes", None)
+        if held is not None:
+            held.append(HeldPublish(key, task_id, dumps(message), tag))
+            return
         with self.conn_or_acquire() as client:
             self.inflight.publish(key, [(task_id, dumps(message), tag)], client=client)
 

@@ -1,18 +1,14 @@
 """The receiver: a thin ASGI app that takes callbacks and puts them on the broker.
 
-It checks the source address (``CICB_ALLOWED_CIDRS``), the token, the size and the time the
-body takes to arrive, wraps the raw body in an envelope, publishes it on
-``ingest``, and answers 200 only once the broker has it. It parses nothing.
+``POST /callbacks`` is ``pipeline.receiver.callbacks``; this module builds the app around it:
+health, readiness, the metrics, and what the process does as it starts and stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 
@@ -28,17 +24,13 @@ from starlette.routing import Route
 
 from pipeline import logs
 from pipeline.brokers.depths import QueueDepths
-from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.publishing import Enqueuer
 from pipeline.errors import BrokerUnavailable, ConfigError
-from pipeline.logguard import LogThrottle, ThrottleFilter, secret_redactor
+from pipeline.logguard import ThrottleFilter, secret_redactor
 from pipeline.metrics import ReceiverMetrics, served_registry
-from pipeline.receiver.access import AddressFilter, TokenCheck, client_address
+from pipeline.receiver.callbacks import CallbackEndpoint, Receive, Scope, Send
 from pipeline.settings import Settings, get_settings
-
-TOKEN_HEADER = "X-Callback-Token"
-REQUEST_ID_HEADER = "X-Request-Id"
 
 log = logs.get_logger("cicb.receiver")
 
@@ -82,47 +74,6 @@ class _QueueCollector(Collector):
             )
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-# A request id the client gives is kept only if it is short and plain (it is logged).
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-async def _read_body(request: Request, limit_bytes: int) -> bytes:
-    """Read at most ``limit_bytes``, counting what arrives, not what Content-Length says."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_bytes:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _answer(
-    http_status: int, request_id: str, fields: dict[str, str], *, close: bool = False
-) -> JSONResponse:
-    headers = {REQUEST_ID_HEADER: request_id}
-    if close:
-        # The body may be unread (refused before reading) or half read (too slow, too big):
-        # drop the connection rather than read the rest of it.
-        headers["Connection"] = "close"
-    return JSONResponse(
-        {"request_id": request_id, **fields}, status_code=http_status, headers=headers
-    )
-
-
-def _request_id(request: Request) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-
 # uvicorn logs one warning per malformed request; anyone can send those at will.
 _UVICORN_INVALID_REQUEST = "Invalid HTTP request received."
 
@@ -152,7 +103,7 @@ GC_YOUNG_THRESHOLD = 20_000
 def create_app(
     settings: Settings | None = None,
     enqueuer_factory: Callable[[Settings], Enqueuer] | None = None,
-) -> Starlette:
+) -> ReceiverApp:
     """Build the receiver (uvicorn calls this as the process starts).
 
     ``enqueuer_factory`` defaults to the broker's own way onto ``ingest``. Raises
@@ -166,9 +117,6 @@ def create_app(
         raise ConfigError(
             "the receiver needs a token: set CICB_RECEIVER_TOKEN (cicb up makes one for you)"
         )
-    token_ok = TokenCheck(tokens)
-    sources = AddressFilter(settings.allowed_cidrs)
-    refusals = LogThrottle()
     _throttle_uvicorn_warnings()
     redact = secret_redactor(settings)
     enqueuer = (enqueuer_factory or kind.enqueuer)(settings)
@@ -176,71 +124,7 @@ def create_app(
     metrics = ReceiverMetrics()
     depths = QueueDepths(settings, kind)
     registry = served_registry(metrics.registry, [_QueueCollector(depths)])
-
-    def given_token(request: Request) -> str:
-        return request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
-
-    def log_refusal(status: int, reason: str, remote: str | None, request_id: str) -> None:
-        # Never the token, the query string or the header: a near miss of the real token
-        # is as good as the token. Throttled, so bad requests cannot flood the logs.
-        admission = refusals.admit()
-        if admission.suppressed:
-            log.warning("callback.refusals_suppressed", count=admission.suppressed)
-        if admission.log:
-            log.warning(
-                "callback.refused",
-                status=status,
-                reason=reason,
-                remote_addr=remote,
-                request_id=request_id,
-            )
-
-    async def receive(request: Request, request_id: str, remote: str | None) -> JSONResponse:
-        if not sources.allows(remote):
-            log_refusal(403, "source address not allowed", remote, request_id)
-            return _answer(403, request_id, {"error": "source address not allowed"}, close=True)
-        if not token_ok(given_token(request)):
-            log_refusal(401, "missing or wrong token", remote, request_id)
-            return _answer(401, request_id, {"error": "missing or wrong token"}, close=True)
-        try:
-            # A client sending a byte a second holds a connection, never more than the
-            # limit's worth of memory, and only for body_timeout_s.
-            async with asyncio.timeout(settings.body_timeout_s):
-                body = await _read_body(request, settings.max_body_bytes)
-        except BodyTooLarge:
-            error = f"body over {settings.max_body_bytes} bytes"
-            return _answer(413, request_id, {"error": error}, close=True)
-        except TimeoutError:
-            error = f"body not received within {settings.body_timeout_s:g} s"
-            return _answer(408, request_id, {"error": error}, close=True)
-        if not body:
-            return _answer(400, request_id, {"error": "empty body"})
-        # Content type and encoding are not checked here: the raw bytes go to the worker,
-        # which parses them or dead-letters them with the reason.
-        envelope = Envelope.received_now(
-            body,
-            content_type=request.headers.get("content-type"),
-            remote_addr=remote,
-            request_id=request_id,
-        )
-        try:
-            with metrics.enqueue_seconds.time():
-                await enqueuer.ingest(envelope.to_json())
-        except BrokerUnavailable as exc:
-            log.error("callback.not_enqueued", request_id=request_id, error=redact(str(exc)))
-            return _answer(503, request_id, {"error": "broker unavailable, send again"})
-        return _answer(200, request_id, {"status": "accepted"})
-
-    async def callbacks(request: Request) -> Response:
-        request_id = _request_id(request)
-        peer = request.client.host if request.client else None
-        header_values = (
-            request.headers.getlist(settings.proxy_header) if settings.proxy_header else []
-        )
-        remote = client_address(peer, header_values, proxy_header=settings.proxy_header)
-        response = await receive(request, request_id, remote)
-        metrics.responses.labels(str(response.status_code)).inc()
-        return response
+    callbacks = CallbackEndpoint(settings, enqueuer, metrics, redact)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -264,8 +148,9 @@ def create_app(
         await enqueuer.aclose()
         depths.close()
 
-    return Starlette(
+    rest = Starlette(
         routes=[
+            # Reached only by what the front below does not take (a GET gets its 405).
             Route("/callbacks", callbacks, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -273,3 +158,19 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    return ReceiverApp(callbacks, rest)
+
+
+class ReceiverApp:
+    """``POST /callbacks`` straight to its endpoint; the rest (health, metrics, the
+    lifespan, 404 and 405) through Starlette."""
+
+    def __init__(self, callbacks: CallbackEndpoint, rest: Starlette) -> None:
+        self._callbacks = callbacks
+        self._rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/callbacks" and scope["method"] == "POST":
+            await self._callbacks(scope, receive, send)
+        else:
+            await self._rest(scope, receive, send)

@@ -13,13 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 from pipeline.brokers.envelope import Envelope
 from pipeline.errors import BrokerUnavailable, ConfigError
 from pipeline.logguard import LogThrottle
-from pipeline.receiver import app as receiver
-from pipeline.receiver.app import create_app
+from pipeline.receiver import callbacks as receiver
+from pipeline.receiver.app import ReceiverApp, create_app
 from pipeline.settings import Settings
 from tests.support import Lines, logged
 
@@ -58,7 +57,7 @@ def fake() -> FakeEnqueuer:
 
 
 @pytest.fixture
-def app(tmp_path: Path, fake: FakeEnqueuer) -> Starlette:
+def app(tmp_path: Path, fake: FakeEnqueuer) -> ReceiverApp:
     settings = Settings(receiver_token=TOKEN, max_body_bytes=LIMIT, data_dir=tmp_path)
     return create_app(settings, enqueuer_factory=lambda s: fake)
 
@@ -67,7 +66,7 @@ Call = Callable[..., httpx.Response]
 
 
 @pytest.fixture
-def call(app: Starlette) -> Call:
+def call(app: ReceiverApp) -> Call:
     """Make one request to the app through httpx's ASGI transport, from sync test code."""
 
     def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -280,7 +279,7 @@ def test_callbacks_only_take_post(call: Call, fake: FakeEnqueuer) -> None:
 # -- who may post: tokens, networks, the proxy header --------------------------------------
 
 
-def make_app(tmp_path: Path, fake: FakeEnqueuer, **options: Any) -> Starlette:
+def make_app(tmp_path: Path, fake: FakeEnqueuer, **options: Any) -> ReceiverApp:
     settings = Settings(
         **{"receiver_token": TOKEN, "max_body_bytes": LIMIT, "data_dir": tmp_path, **options}
     )
@@ -288,7 +287,7 @@ def make_app(tmp_path: Path, fake: FakeEnqueuer, **options: Any) -> Starlette:
 
 
 async def send(
-    app: Starlette, *requests: dict[str, Any], client: tuple[str, int] = ("198.51.100.9", 4242)
+    app: ReceiverApp, *requests: dict[str, Any], client: tuple[str, int] = ("198.51.100.9", 4242)
 ) -> list[httpx.Response]:
     """Make the requests at once, on one app, from one client address."""
     transport = httpx.ASGITransport(app=app, client=client)
