@@ -46,34 +46,44 @@ def ingest(
     """
     logs.bind(request_id=envelope.request_id)
     outcomes = []
-    for event in events_of_envelope(envelope):
-        if seen is not None:
-            seen(event)
-        data = event.to_dict()
-        logs.bind_event(data)
-        route = table.resolve(event)
-        key = event.dedup_key
-        if guard is not None and not guard.claim(key, owner=owner):
-            outcome = DUPLICATE
-        else:
-            try:
+    claimed: list[str] = []
+    try:
+        for event in events_of_envelope(envelope):
+            if seen is not None:
+                seen(event)
+            data = event.to_dict()
+            logs.bind_event(data)
+            route = table.resolve(event)
+            key = event.dedup_key
+            if guard is not None and not guard.claim(key, owner=owner):
+                outcome = DUPLICATE
+            else:
+                claimed.append(key)
                 if route is not None:
                     dispatch(route, data, key)
-            except BaseException:
                 if guard is not None:
-                    guard.release(key, owner=owner)
-                raise
-            if guard is not None:
-                (confirm or guard.confirm)(key)
-            if route is None:
-                outcome = UNROUTED
-            else:
-                outcome = RECONCILED if event.source == "reconcile" else DISPATCHED
-        result = outcome_of(event, route, outcome)
-        log.info(
-            "callback", dedup_key=key, route=result["route"], outcome=outcome, source=event.source
-        )
-        outcomes.append(result)
+                    (confirm or guard.confirm)(key)
+                if route is None:
+                    outcome = UNROUTED
+                else:
+                    outcome = RECONCILED if event.source == "reconcile" else DISPATCHED
+            result = outcome_of(event, route, outcome)
+            log.info(
+                "callback",
+                dedup_key=key,
+                route=result["route"],
+                outcome=outcome,
+                source=event.source,
+            )
+            outcomes.append(result)
+    except BaseException:
+        # Every key this delivery still holds is given back, not only the failing event's:
+        # with a deferred ``confirm`` none of the body's routes has started yet. A key
+        # already confirmed is no longer held, and stays.
+        if guard is not None:
+            for key in claimed:
+                guard.release(key, owner=owner)
+        raise
     return outcomes
 
 

@@ -17,7 +17,8 @@ from pipeline.guard import Guard
 from pipeline.ingest import DISPATCHED, DUPLICATE, UNROUTED, ingest
 from pipeline.routing import Route, RouteTable
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "tts_success.xml"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLE = SAMPLES / "tts_success.xml"
 SAMPLE_JOB_ID = b"j707f4864f86811ecb90d0b03267ce0e5"
 TABLE = RouteTable((Route("tts", ["notify"], tag="Tts", state="Success"),))
 DEDUP_TTL_S = 300
@@ -226,3 +227,54 @@ def test_a_replay_in_a_new_scope_runs_the_route_again_under_new_keys(guard: Guar
         "TaskFinish:j12:Success@r1",
     ]
     assert dispatch.events[1]["scope"] == "r1" and dispatch.events[1]["source"] == "replay"
+
+
+def test_a_failure_gives_back_every_key_whose_route_was_not_confirmed(
+    guard: Guard, client: redis.Redis
+) -> None:
+    # Two events in one body; the worker confirms with the task's last write, so when the
+    # second route cannot start, the first has not started either (its step is not out).
+    body = (SAMPLES / "rules" / "state_from_code.xml").read_bytes()
+    table = RouteTable((Route("any", ["notify"]),))
+    dispatch = Dispatcher()
+    deferred: list[str] = []
+    failing = FailSecond()
+    with pytest.raises(BrokerUnavailable):
+        ingest(
+            envelope("", body=body),
+            table=table,
+            dispatch=failing,
+            guard=guard,
+            owner="t1",
+            confirm=deferred.append,
+        )
+    assert deferred == [failing.keys[0]]  # the first was dispatched, its confirm deferred
+    assert list(client.scan_iter("cicb:dedup:*")) == []
+    # The next delivery (another task id) runs both routes.
+    outcomes = ingest(
+        envelope("", body=body), table=table, dispatch=dispatch, guard=guard, owner="t2"
+    )
+    assert [o["outcome"] for o in outcomes] == [DISPATCHED, DISPATCHED]
+
+
+def test_a_failure_leaves_a_confirmed_key_confirmed(guard: Guard, client: redis.Redis) -> None:
+    body = (SAMPLES / "rules" / "state_from_code.xml").read_bytes()
+    table = RouteTable((Route("any", ["notify"]),))
+    failing = FailSecond()
+    with pytest.raises(BrokerUnavailable):
+        ingest(envelope("", body=body), table=table, dispatch=failing, guard=guard, owner="t1")
+    first, second = failing.keys
+    assert client.get(f"cicb:dedup:{first}") == b"done"  # its route started
+    assert client.get(f"cicb:dedup:{second}") is None
+
+
+class FailSecond:
+    """Dispatches the first event and fails the second, as a broker going away would."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def __call__(self, route: Route, event: dict[str, Any], key: str) -> None:
+        self.keys.append(key)
+        if len(self.keys) == 2:
+            raise BrokerUnavailable("broker away")
