@@ -22,6 +22,8 @@ ALLOWED = {
         "pipeline.logs",
         "pipeline.settings",
         "pipeline.endpoints",
+        # Lua scripts on a pipeline in its one round trip: a leaf, beside the endpoints.
+        "pipeline.scripts",
     ),
     "pipeline.actions": (
         "pipeline.errors",
