@@ -100,6 +100,30 @@ def _endpoint_parts(endpoint: str) -> tuple[str, str]:
     return netloc, scheme
 
 
+# COS bucket names end with their APPID; regions are like ap-guangzhou or na-siliconvalley.
+_BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?-\d+")
+_REGION = re.compile(r"[a-z]+(?:-[a-z0-9]+)+")
+
+
+def _is_http_url(url: str) -> bool:
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and bool(rest.split("/", 1)[0])
+
+
+def _bucket_regions(entries: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Raises ``ConfigError`` on an entry that is not ``BUCKET-APPID:REGION``."""
+    pairs = []
+    for entry in entries:
+        bucket, sep, region = entry.partition(":")
+        if not (sep and _BUCKET.fullmatch(bucket) and _REGION.fullmatch(region)):
+            raise ConfigError(
+                f"CICB_CI_BUCKETS: {entry!r} is not BUCKET-APPID:REGION "
+                "(examplebucket-1250000000:ap-guangzhou)"
+            )
+        pairs.append((bucket, region))
+    return tuple(dict.fromkeys(pairs))
+
+
 def _embedded_broker_url(port: int) -> str:
     return f"redis://{DEFAULT_HOST}:{port}/0"
 
@@ -167,6 +191,10 @@ class Settings:
     reconcile_grace_s: int = setting("RECONCILE_GRACE_S", default=600, parse=integer)
     reconcile_queues: tuple[str, ...] = setting("RECONCILE_QUEUES", default=(), parse=comma_list)
     reconcile_tags: tuple[str, ...] = setting("RECONCILE_TAGS", default=(), parse=comma_list)
+    # The buckets whose CI queues cicb looks after (`cicb ci`, reconcile, doctor).
+    ci_buckets: tuple[str, ...] = setting("CI_BUCKETS", default=(), parse=comma_list)
+    # The receiver's URL as CI reaches it (https://host/callbacks), for `cicb ci connect`.
+    public_url: str | None = setting("PUBLIC_URL", default=None, parse=text)
     # Archive: every accepted body, for cicb archive and cicb replay (0 turns it off).
     archive_retention_s: int = setting("ARCHIVE_RETENTION_S", default=3 * 24 * 3600, parse=integer)
     archive_max_entries: int = setting("ARCHIVE_MAX_ENTRIES", default=200_000, parse=integer)
@@ -243,6 +271,9 @@ class Settings:
         for queue in self.reconcile_queues:
             if len(queue.split(":")) != 3 or not all(queue.split(":")):
                 raise ConfigError(f"CICB_RECONCILE_QUEUES: {queue!r} is not BUCKET:REGION:QUEUE_ID")
+        _bucket_regions(self.ci_buckets)
+        if self.public_url is not None and not _is_http_url(self.public_url):
+            raise ConfigError(f"CICB_PUBLIC_URL must be an http(s) URL: {self.public_url!r}")
 
     def _check_redis_urls(self) -> None:
         """A Redis address that cannot be one stops the process (ConfigError)."""
@@ -271,6 +302,11 @@ class Settings:
         Raises ``ConfigError`` unless it is ``host[:port]`` or ``http(s)://host[:port][/]``.
         """
         return None if self.ci_endpoint is None else _endpoint_parts(self.ci_endpoint)
+
+    @property
+    def bucket_regions(self) -> tuple[tuple[str, str], ...]:
+        """``CICB_CI_BUCKETS`` as ``(bucket, region)`` pairs, each once."""
+        return _bucket_regions(self.ci_buckets)
 
     @property
     def token_file(self) -> Path:

@@ -72,6 +72,8 @@ DEFAULTS = [
     Default("CICB_RECONCILE_GRACE_S", "reconcile_grace_s", 600),
     Default("CICB_RECONCILE_QUEUES", "reconcile_queues", (), "none"),
     Default("CICB_RECONCILE_TAGS", "reconcile_tags", (), "none"),
+    Default("CICB_CI_BUCKETS", "ci_buckets", (), "none"),
+    Default("CICB_PUBLIC_URL", "public_url", None, "none"),
     # None: retry_job uses DEFAULT_NEVER_RETRY_CODES, pinned below.
     Default("CICB_RETRY_NEVER_CODES", "retry_never_codes", None, "input errors"),
     Default("CICB_MAX_RETRIES", "max_retries", 8),
@@ -345,3 +347,41 @@ def test_callback_url_is_the_local_receiver_unless_a_url_is_given() -> None:
         {"CICB_RECEIVER_PORT": "9000", "CICB_RECEIVER_URL": "https://cb.example.com/in?token=x"}
     )
     assert public.callback_url == "https://cb.example.com/in?token=x"
+
+
+def test_ci_buckets_are_bucket_region_pairs_each_once() -> None:
+    settings = Settings.from_env(
+        {
+            "CICB_CI_BUCKETS": "media-1250000000:ap-guangzhou, docs-1250000000:ap-shanghai,"
+            "media-1250000000:ap-guangzhou"
+        }
+    )
+    assert settings.bucket_regions == (
+        ("media-1250000000", "ap-guangzhou"),
+        ("docs-1250000000", "ap-shanghai"),
+    )
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "media-1250000000",
+        "media:ap-guangzhou",
+        "media-1250000000:",
+        ":ap-guangzhou",
+        "media-1250000000:guangzhou",
+    ],
+)
+def test_a_bad_ci_bucket_stops_with_one_line_naming_it(entry: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"CICB_CI_BUCKETS": f"ok-1250000000:ap-guangzhou,{entry}"})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("CICB_CI_BUCKETS:") and repr(entry) in message
+
+
+def test_the_public_url_must_be_an_http_url() -> None:
+    url = "https://cb.example.com/callbacks"
+    assert Settings.from_env({"CICB_PUBLIC_URL": url}).public_url == url
+    with pytest.raises(ConfigError, match="CICB_PUBLIC_URL"):
+        Settings.from_env({"CICB_PUBLIC_URL": "cb.example.com/callbacks"})

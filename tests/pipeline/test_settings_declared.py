@@ -56,6 +56,8 @@ VALID = {
     "queue_type": "quorum",
     "step_lease_renew_s": "9.5",
     "step_lease_s": "99",
+    "ci_buckets": "media-1250000000:ap-guangzhou",
+    "public_url": "https://cb.example.com/callbacks",
 }
 
 
