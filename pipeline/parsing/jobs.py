@@ -4,9 +4,10 @@ CI is loose here, so two fields may be inferred, each logged when it is:
 
 - ``State``, when missing, from ``Code``: ``Success`` is a success, any other code a
   failure (``parse_state_inferred``). Without either the job is refused.
-- ``Tag``, when missing, from the result node that names it (``PicProcessResult`` is a
-  PicProcess job); with none it stays None and the job is routed by its state
-  (``parse_tag_inferred``).
+- ``Tag``, when missing, from ``Operation.Tag`` (where CI's answers listing several jobs
+  write it), else from the result node that names it (``PicProcessResult`` is a
+  PicProcess job, ``parse_tag_inferred``); with none it stays None and the job is routed
+  by its state.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def job_event(job: Node, path: str, *, source: str) -> JobEvent:
     return JobEvent(
         event=TASK_FINISH,
         job_id=job_id,
-        tag=_tag(job, op, job_id, path),
+        tag=_tag(job, op, job_id, path, op_path),
         sub_tag=opt_str(job, "SubTag", path),
         state=state,
         code=opt_str(job, "Code", path),
@@ -72,8 +73,8 @@ def _state(job: Node, job_id: str, path: str) -> str:
     return state
 
 
-def _tag(job: Node, op: Node, job_id: str, path: str) -> str | None:
-    tag = opt_str(job, "Tag", path)
+def _tag(job: Node, op: Node, job_id: str, path: str, op_path: str) -> str | None:
+    tag = opt_str(job, "Tag", path) or opt_str(op, "Tag", op_path)
     if tag is not None:
         return tag
     tag = result_tag(op)

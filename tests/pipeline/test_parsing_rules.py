@@ -2,7 +2,8 @@
 samples (``tests/samples/rules``): they hold on a clone without ``../shared``.
 
 One sample per rule, XML and JSON where both exist (the two must give equal events):
-nodes as one object or a list, State from Code, Tag from the result node, DocProcess pages,
+nodes as one object or a list, State from Code, Tag from the result node or from
+Operation, the input's bucket from BucketId, DocProcess pages,
 CI's moderation test request, time forms, a callback without EventName, query answers
 (jobs, a workflow run, the list of runs, an image auditing job) and malformed bodies.
 """
@@ -83,6 +84,17 @@ EXPECTED: dict[str, list[tuple[str, str, str | None, str, str, list[str]]] | str
             ["asr/meeting.txt", "asr/meeting.txt.detail"],
         ),
         ("j3b2b3c4d5e6f708192a3b4c5d6e7f801", "TaskFinish", None, "Success", "callback", []),
+    ],
+    "tag_in_operation": [
+        (
+            "jaa2b3c4d5e6f708192a3b4c5d6e7f801",
+            "TaskFinish",
+            "Transcode",
+            "Success",
+            "query",
+            ["output/lecture.mp4"],
+        ),
+        ("jab2b3c4d5e6f708192a3b4c5d6e7f801", "TaskFinish", "Snapshot", "Failed", "query", []),
     ],
     "docprocess_pages": [
         (
@@ -224,6 +236,29 @@ def test_a_missing_tag_is_taken_from_the_result_node_else_null_and_logged() -> N
     ]
     assert unnamed.to_dict()["tag"] is None
     assert event_from_dict(unnamed.to_dict()) == unnamed
+
+
+def test_a_tag_inside_operation_is_the_tag_and_an_input_bucket_id_its_bucket() -> None:
+    # CI's answers listing several jobs write Tag under Operation and the input's bucket as
+    # BucketId; neither is an inference, so nothing is logged.
+    with capture_logs() as logs:
+        done, failed = jobs_of("tag_in_operation.xml")
+    assert (done.tag, failed.tag) == ("Transcode", "Snapshot")
+    assert not [e for e in logs if e["event"] == "parse_tag_inferred"]
+    assert done.input is not None and failed.input is not None
+    assert (done.input.bucket, done.input.region, done.input.key) == (
+        BUCKET,
+        "ap-guangzhou",
+        "input/lecture.mp4",
+    )
+    assert (failed.input.bucket, failed.input.region) == ("otherbucket-1250000000", "ap-shanghai")
+    assert (failed.code, failed.message) == ("InvalidInput", "input file not found")
+    assert done.user_data == "course 12"
+    # A Tag at the job's top level wins over one inside Operation.
+    body = {"JobsDetail": {"JobId": "j1", "Tag": "Animation", "State": "Success"}}
+    body["JobsDetail"]["Operation"] = {"Tag": "Transcode"}  # type: ignore[assignment]
+    [event] = parse(json.dumps(body).encode())
+    assert isinstance(event, JobEvent) and event.tag == "Animation"
 
 
 def test_docprocess_pages_are_outputs_in_the_output_bucket() -> None:
