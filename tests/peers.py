@@ -1,4 +1,5 @@
-"""Local stand-ins for the services cicb talks to: CI's job APIs (submit, list, query).
+"""Local stand-ins for the services cicb talks to: CI's job APIs (submit, list, query), and
+its queue and workflow APIs (``tests.ci_queues``).
 
 ``CiServer`` holds what the server answers; ``serve_ci`` runs it on a loopback port for the
 real SDK, which ``CosConfig`` sends there (``pipeline.actions.cos.cos_client`` with an
@@ -18,6 +19,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
+
+from tests.ci_queues import KIND_OF_PATH, read_request, send_callback
 
 NEW_JOB_ID = "j8d9b7e2a5c3411ed9e4b525400a3c59f"
 
@@ -58,6 +61,30 @@ class CiServer:
     failures: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
     creates_jobs: bool = False
     hangups: int = 0
+    # Queues by (bucket, kind: media, pic, doc, asr, ai) and workflows by bucket, as
+    # tests.ci_queues.ci_queue and ci_workflow make them; updates change them in place.
+    queues: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    workflows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def updates(self) -> list[dict[str, Any]]:
+        """The queue and workflow updates received (``PUT``)."""
+        with self.lock:
+            return [r for r in self.requests if r["method"] == "PUT"]
+
+    def finish(self, bucket: str, job: dict[str, Any]) -> int:
+        """End ``job`` (added to ``jobs``) and send its callback where its queue's
+        NotifyConfig points, as CI does; returns the receiver's status."""
+        with self.lock:
+            self.jobs.setdefault(bucket, []).append(job)
+            config = next(
+                q["NotifyConfig"]
+                for (b, _), queues in self.queues.items()
+                for q in queues
+                if b == bucket and q["QueueId"] == job["QueueId"]
+            )
+        if config.get("State") != "On":
+            raise AssertionError(f"queue {job['QueueId']} sends no callback: {config}")
+        return send_callback(job, config, job_callback(job))
 
     def submissions(self) -> list[dict[str, Any]]:
         """The submit-job requests received (``POST /jobs``)."""
@@ -200,11 +227,59 @@ class CiApi:
             return 200, _response(to_xml("JobsDetail", found) + to_xml("NonExistJobIds", missing))
         if path == "/workflowexecution":
             return self.list_runs(bucket, query)
+        if path.lstrip("/") in KIND_OF_PATH or path == "/workflow":
+            refusal = self.refusal("", bucket)
+            if refusal is not None:
+                return refusal
+        if path.lstrip("/") in KIND_OF_PATH:
+            found = self.ci.queues.get((bucket, KIND_OF_PATH[path.lstrip("/")]), [])
+            return self._numbered(found, query, "QueueList")
+        if path == "/workflow":
+            return self._numbered(self.ci.workflows.get(bucket, []), query, "MediaWorkflowList")
         if path.startswith("/workflowexecution/"):
             run_id = path.rsplit("/", 1)[1]
             runs = [r for r in self.ci.runs.get(bucket, []) if r["RunId"] == run_id]
             return 200, _response(to_xml("WorkflowExecution", runs))
         return ci_error(404, "NoSuchResource", f"no {path}")
+
+    def put(self, host: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """Update a queue (``PUT /<kind path>/<id>``) or a workflow (``PUT /workflow/<id>``)."""
+        bucket = _bucket_of(host)
+        refusal = self.refusal("", bucket)
+        if refusal is not None:
+            return refusal
+        kind_path, _, ident = path.strip("/").partition("/")
+        request = read_request(body)
+        if kind_path == "workflow":
+            workflow = request.get("MediaWorkflow") or {}
+            for node in self.ci.workflows.get(bucket, []):
+                if node["WorkflowId"] == ident:
+                    node.update(workflow)
+                    return 200, _response(to_xml("MediaWorkflow", node))
+            return ci_error(404, "NoSuchWorkflow", f"no workflow {ident}")
+        if kind_path not in KIND_OF_PATH:
+            return ci_error(404, "NoSuchResource", f"no {path}")
+        config = request.get("NotifyConfig") or {}
+        if not request.get("Name") or not request.get("State"):
+            return ci_error(400, "InvalidParameter", "Name and State are required")
+        if config.get("State") == "On" and not all(config.get(k) for k in ("Url", "Type", "Event")):
+            return ci_error(400, "InvalidParameter", "Url, Type and Event are required when On")
+        for node in self.ci.queues.get((bucket, KIND_OF_PATH[kind_path]), []):
+            if node["QueueId"] == ident:
+                node.update(Name=request["Name"], State=request["State"], NotifyConfig=config)
+                return 200, _response(to_xml("Queue", node))
+        return ci_error(404, "NoSuchQueue", f"no queue {ident}")
+
+    def _numbered(
+        self, nodes: list[dict[str, Any]], query: dict[str, str], name: str
+    ) -> tuple[int, bytes]:
+        """A page by ``pageNumber`` and ``pageSize`` (at most 100), with ``TotalCount``."""
+        number, size = int(query.get("pageNumber") or 1), int(query.get("pageSize") or 10)
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            return ci_error(400, "InvalidParameter", f"pageSize must be 1 to {MAX_PAGE_SIZE}")
+        page = nodes[(number - 1) * size : number * size]
+        counts = {"TotalCount": len(nodes), "PageNumber": number, "PageSize": size}
+        return 200, _response(to_xml(name, page) + "".join(to_xml(k, v) for k, v in counts.items()))
 
     def list_jobs(self, bucket: str, query: dict[str, str]) -> tuple[int, bytes]:
         if "tag" not in query:
@@ -298,6 +373,16 @@ def serve_ci(
                     {"method": "GET", "path": url.path, "query": query, "host": host}
                 )
                 status, answer = api.get(host, url.path, query)
+            self.answer(status, answer)
+
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            host = self.headers.get("Host", "")
+            with served.lock:
+                served.requests.append(
+                    {"method": "PUT", "path": self.path, "host": host, "body": body}
+                )
+                status, answer = api.put(host, urlsplit(self.path).path, body)
             self.answer(status, answer)
 
         def do_POST(self) -> None:

@@ -42,6 +42,14 @@ ALLOWED = {
         "pipeline.actions.cos",
         "pipeline.guard",
     ),
+    # CI's queues and workflows, through the same SDK clients and error answers as the job
+    # lists; reconcile and the CLI read them, nothing in the callback path does.
+    "pipeline.ci": (
+        "pipeline.errors",
+        "pipeline.logs",
+        "pipeline.settings",
+        "pipeline.actions.cos",
+    ),
     # The console reads what the other parts keep and acts on dead letters as the CLI does;
     # nothing imports it back.
     "pipeline.console": (

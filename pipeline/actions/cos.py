@@ -1,17 +1,26 @@
-"""The COS SDK client (cos-python-sdk-v5) that cicb calls CI's API with."""
+"""The COS SDK client (cos-python-sdk-v5) that cicb calls CI's API with, and what CI's
+error answers mean.
+
+Errors, read from CI's ``<Error>`` body (the SDK's own digest needs a ``Resource`` node CI's
+errors lack): a 4xx that a retry cannot fix (bad keys, no such queue or bucket) is
+``CiRefused``; 5xx, 408, 429, throttling codes, timeouts, connection errors and unreadable
+answers are ``CiUnavailable``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from qcloud_cos import CosConfig, CosS3Client
-from qcloud_cos.cos_exception import CosServiceError
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from pipeline.errors import ConfigError, ParseError
+from pipeline.errors import ConfigError, ParseError, PermanentError, TransientError
 from pipeline.parsing.load import load
+from pipeline.settings import Settings
 
 DEFAULT_TIMEOUT_S: Final = 30
 # The SDK retries 5xx and network errors itself, sleeping in the worker; creating a job is
@@ -72,6 +81,69 @@ def cos_client(
         **options,
     )
     return CosS3Client(config, retry=sdk_retries)
+
+
+def ci_clients(settings: Settings, *, purpose: str) -> Callable[[str], CosS3Client]:
+    """An SDK client per region (made once each) with ``CICB_COS_SECRET_ID``/``KEY``, at
+    ``CICB_CI_ENDPOINT`` if set. Raises ``ConfigError`` naming ``purpose`` without the keys,
+    or with a bad endpoint."""
+    secret_id, secret_key = settings.cos_secret_id, settings.cos_secret_key
+    if not (secret_id and secret_key):
+        raise ConfigError(f"{purpose}: set CICB_COS_SECRET_ID and CICB_COS_SECRET_KEY")
+    netloc, scheme = settings.ci_endpoint_parts or (None, "https")
+
+    @functools.cache
+    def client_for(region: str) -> CosS3Client:
+        return cos_client(
+            secret_id=secret_id,
+            secret_key=secret_key,
+            region=region,
+            endpoint=netloc,
+            scheme=scheme,
+        )
+
+    return client_for
+
+
+class CiRefused(PermanentError):
+    """CI refused the request (a 4xx: bad keys, no such queue, bucket or workflow)."""
+
+    def __init__(self, status: int, code: str | None, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"CI answered HTTP {status} {code}: {message[:300]}")
+
+
+class CiUnavailable(TransientError):
+    """CI or the network failed for now (5xx, throttling, timeout, connection, bad answer)."""
+
+    def __init__(self, reason: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.reason = reason
+        self.status = status
+        self.code = code
+        super().__init__(reason)
+
+
+def ci_call(request: Callable[[], Any]) -> Any:
+    """``request()``'s answer; raises ``CiRefused`` or ``CiUnavailable`` for its errors."""
+    try:
+        return request()
+    except CosServiceError as exc:
+        raise service_error(exc) from exc
+    except CosClientError as exc:
+        raise CiUnavailable(f"CI not reached: {exc}") from exc
+    except SyntaxError as exc:  # ET.ParseError: the request can be made again
+        raise CiUnavailable(f"CI's answer is unreadable: {exc}") from exc
+
+
+def service_error(exc: CosServiceError) -> CiRefused | CiUnavailable:
+    """The error a CI answer means: refused for good, or unavailable for now."""
+    status = int(exc.get_status_code())
+    code, message = error_fields(exc)
+    if is_transient(status, code):
+        return CiUnavailable(f"CI answered HTTP {status} {code}", status=status, code=code)
+    return CiRefused(status, code, message)
 
 
 def is_transient(status: int, code: str | None) -> bool:

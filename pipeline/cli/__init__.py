@@ -12,6 +12,7 @@ import click
 
 from pipeline import logs
 from pipeline.cli import archive, callbacks, dlq, run
+from pipeline.cli.ci import ci as ci_command
 from pipeline.cli.console import console as console_command
 from pipeline.cli.reconcile import beat as beat_command
 from pipeline.cli.reconcile import reconcile as reconcile_command
@@ -44,3 +45,4 @@ main.add_command(beat_command)
 main.add_command(archive.archive)
 main.add_command(archive.replay)
 main.add_command(console_command)
+main.add_command(ci_command)

@@ -8,11 +8,9 @@
 An empty page has no ``JobsDetail`` (or ``WorkflowExecutionList``) and ``NextToken`` None;
 a page of one run holds a dict, not a list. Times go to CI as ``2001-01-01T00:00:00+0800``.
 
-Errors, read from CI's ``<Error>`` body (the SDK's own digest needs a ``Resource`` node CI's
-errors lack): a 4xx that a retry cannot fix (bad keys, no such queue or bucket) is
-``CiRefused``; 5xx, 408, 429, throttling codes, timeouts, connection errors and unreadable
-answers are ``CiUnavailable``, retried by the task with the usual backoff. The SDK itself
-never retries (``DEFAULT_SDK_RETRIES``): the Celery task owns retries.
+Errors are ``pipeline.actions.cos.ci_call``'s: ``CiRefused`` (a 4xx a retry cannot fix) and
+``CiUnavailable`` (retried by the task with the usual backoff). The SDK itself never retries
+(``DEFAULT_SDK_RETRIES``): the Celery task owns retries.
 """
 
 from __future__ import annotations
@@ -22,35 +20,21 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from qcloud_cos.cos_exception import CosClientError, CosServiceError
-
-from pipeline.actions.cos import as_list, ci_time, cos_client, error_fields, is_transient
-from pipeline.errors import ConfigError, PermanentError, TransientError
+from pipeline.actions.cos import (
+    CiRefused,
+    CiUnavailable,
+    as_list,
+    ci_call,
+    ci_clients,
+    ci_time,
+)
 from pipeline.settings import Settings
+
+__all__ = ["FINAL_STATES", "PAGE_SIZE", "CiJobs", "CiRefused", "CiUnavailable"]
 
 # States CI calls back for; the others (Submitted, Running, Pause) may still change.
 FINAL_STATES: Final = frozenset({"Success", "Failed", "Cancel"})
 PAGE_SIZE: Final = 100  # the most CI gives in one page
-
-
-class CiRefused(PermanentError):
-    """CI refused the list request (a 4xx: bad keys, no such queue, bucket or workflow)."""
-
-    def __init__(self, status: int, code: str | None, message: str) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        super().__init__(f"CI answered HTTP {status} {code}: {message[:300]}")
-
-
-class CiUnavailable(TransientError):
-    """CI or the network failed for now (5xx, throttling, timeout, connection, bad answer)."""
-
-    def __init__(self, reason: str, *, status: int | None = None, code: str | None = None) -> None:
-        self.reason = reason
-        self.status = status
-        self.code = code
-        super().__init__(reason)
 
 
 class CiJobs:
@@ -64,22 +48,7 @@ class CiJobs:
         """Clients with ``CICB_COS_SECRET_ID``/``KEY``, at ``CICB_CI_ENDPOINT`` if set.
 
         Raises ``ConfigError`` without the keys or with a bad endpoint."""
-        secret_id, secret_key = settings.cos_secret_id, settings.cos_secret_key
-        if not (secret_id and secret_key):
-            raise ConfigError("reconcile lists CI's jobs: set CICB_COS_SECRET_ID/SECRET_KEY")
-        netloc, scheme = settings.ci_endpoint_parts or (None, "https")
-
-        @functools.cache
-        def client_for(region: str) -> Any:
-            return cos_client(
-                secret_id=secret_id,
-                secret_key=secret_key,
-                region=region,
-                endpoint=netloc,
-                scheme=scheme,
-            )
-
-        return cls(client_for)
+        return cls(ci_clients(settings, purpose="reconcile lists CI's jobs"))
 
     def jobs(
         self, *, bucket: str, region: str, queue_id: str, tag: str, start: datetime, end: datetime
@@ -128,7 +97,7 @@ class CiJobs:
     def run(self, *, bucket: str, region: str, run_id: str) -> dict[str, Any] | None:
         """One run with its nodes (``Tasks``), or None if CI's answer holds none."""
         client = self._client_for(region)
-        answer = _call(lambda: client.ci_get_workflowexecution(Bucket=bucket, RunId=run_id))
+        answer = ci_call(lambda: client.ci_get_workflowexecution(Bucket=bucket, RunId=run_id))
         runs = as_list(answer.get("WorkflowExecution")) if isinstance(answer, Mapping) else []
         return runs[0] if runs else None
 
@@ -137,7 +106,7 @@ def _pages(page: Callable[[str], Any], key: str) -> Iterator[dict[str, Any]]:
     token: Any = ""
     seen: set[str] = set()
     while True:
-        answer = _call(functools.partial(page, token))
+        answer = ci_call(functools.partial(page, token))
         if not isinstance(answer, Mapping):
             raise CiUnavailable(f"CI's list answer is not a document: {answer!r:.200}")
         items = as_list(answer.get(key))
@@ -146,23 +115,3 @@ def _pages(page: Callable[[str], Any], key: str) -> Iterator[dict[str, Any]]:
         if not items or not token or not isinstance(token, str) or token in seen:
             return  # the last page; a token given twice would page forever
         seen.add(token)
-
-
-def _call(request: Callable[[], Any]) -> Any:
-    try:
-        return request()
-    except CosServiceError as exc:
-        raise service_error(exc) from exc
-    except CosClientError as exc:
-        raise CiUnavailable(f"CI not reached: {exc}") from exc
-    except SyntaxError as exc:  # ET.ParseError: a list can be asked for again
-        raise CiUnavailable(f"CI's answer is unreadable: {exc}") from exc
-
-
-def service_error(exc: CosServiceError) -> CiRefused | CiUnavailable:
-    """The error a CI answer means: refused for good, or unavailable for now."""
-    status = int(exc.get_status_code())
-    code, message = error_fields(exc)
-    if is_transient(status, code):
-        return CiUnavailable(f"CI answered HTTP {status} {code}", status=status, code=code)
-    return CiRefused(status, code, message)
