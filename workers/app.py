@@ -85,8 +85,9 @@ def configuration() -> dict[str, Any]:
         "worker_consumer": "workers.app:Consumer",
         "timezone": "UTC",
         "beat_schedule": beat_schedule(settings),
-        # The schedule is that one entry, rebuilt as beat starts: no schedule file to keep.
-        "beat_scheduler": "celery.beat:Scheduler",
+        # The schedule is that one entry, rebuilt as beat starts: no schedule file to keep;
+        # cicb's scheduler adds the heartbeat `cicb doctor` counts beats by.
+        "beat_scheduler": "workers.beat:Scheduler",
     }
 
 

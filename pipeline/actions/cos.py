@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import requests
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
@@ -56,6 +57,7 @@ def cos_client(
     scheme: str = "https",
     timeout_s: float = DEFAULT_TIMEOUT_S,
     sdk_retries: int = DEFAULT_SDK_RETRIES,
+    session: requests.Session | None = None,
 ) -> CosS3Client:
     """An SDK client for CI in ``region``.
 
@@ -80,7 +82,7 @@ def cos_client(
         Timeout=timeout_s,
         **options,
     )
-    return CosS3Client(config, retry=sdk_retries)
+    return CosS3Client(config, retry=sdk_retries, session=session)
 
 
 def ci_clients(settings: Settings, *, purpose: str) -> Callable[[str], CosS3Client]:

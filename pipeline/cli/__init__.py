@@ -14,6 +14,7 @@ from pipeline import logs
 from pipeline.cli import archive, callbacks, dlq, run
 from pipeline.cli.ci import ci as ci_command
 from pipeline.cli.console import console as console_command
+from pipeline.cli.doctor import doctor as doctor_command
 from pipeline.cli.reconcile import beat as beat_command
 from pipeline.cli.reconcile import reconcile as reconcile_command
 from pipeline.errors import PipelineError
@@ -46,3 +47,4 @@ main.add_command(archive.archive)
 main.add_command(archive.replay)
 main.add_command(console_command)
 main.add_command(ci_command)
+main.add_command(doctor_command)

@@ -35,5 +35,5 @@ def test_workers_run_the_reconcile_tasks_and_beat_keeps_no_file(tier: Tier) -> N
 
     conf = configuration()
     assert "workers.reconcile" in conf["include"]
-    assert conf["beat_scheduler"] == "celery.beat:Scheduler"
+    assert conf["beat_scheduler"] == "workers.beat:Scheduler"
     assert {"cicb.reconcile", "cicb.reconcile_queue"} <= set(tier.app.tasks)
