@@ -47,6 +47,7 @@ def up() -> None:
     if settings.worker_metrics_port:
         worker_metrics = f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}"
         click.echo(f"              {worker_metrics}/metrics (workers)")
+    click.echo("check:        cicb doctor (in another terminal, once everything is up)")
     manager.loop()
     # Stopped by Ctrl-C or SIGTERM with every process down: that is a clean stop.
     sys.exit(0 if manager.returncode in STOP_SIGNAL_CODES else manager.returncode)
