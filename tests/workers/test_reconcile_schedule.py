@@ -37,3 +37,30 @@ def test_workers_run_the_reconcile_tasks_and_beat_keeps_no_file(tier: Tier) -> N
     assert "workers.reconcile" in conf["include"]
     assert conf["beat_scheduler"] == "workers.beat:Scheduler"
     assert {"cicb.reconcile", "cicb.reconcile_queue"} <= set(tier.app.tasks)
+
+
+def test_beat_says_it_is_alive_while_it_sends_passes_and_leaves_when_it_stops(
+    tier: Tier,
+) -> None:
+    from pipeline.reconcile.beats import HEARTBEAT_S, Beats
+    from workers.app import RECONCILE_TASK
+    from workers.beat import Scheduler
+
+    beats = Beats(tier.redis)
+    scheduler = Scheduler(app=tier.app)
+    try:
+        # It wakes at least once a heartbeat, whenever the pass is next due.
+        assert scheduler.tick() <= HEARTBEAT_S
+        assert [b.beat_id for b in beats.alive()] == [scheduler.beat_id]
+    finally:
+        scheduler.close()
+    assert beats.alive() == []
+
+    # A beat whose schedule has no reconcile pass sends none, and is not counted.
+    quiet = Scheduler(app=tier.app)
+    try:
+        del quiet.schedule[RECONCILE_TASK]
+        quiet.tick()
+        assert beats.alive() == []
+    finally:
+        quiet.close()
