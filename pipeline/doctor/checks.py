@@ -41,13 +41,16 @@ def failing(name: str, found: str, fix: str) -> Check:
     return Check(name, FAIL, found, fix)
 
 
-def guarded(name: str, step: Callable[[], list[Check]]) -> list[Check]:
-    """``step()``, or one failure named ``name`` saying what it raised: one check that
-    breaks never stops the others."""
+FIX_AND_AGAIN: Final = "fix that, then run cicb doctor again"
+
+
+def guarded(name: str, step: Callable[[], list[Check]], fix: str = FIX_AND_AGAIN) -> list[Check]:
+    """``step()``, or one failure named ``name`` saying what it raised (and ``fix``): one
+    check that breaks never stops the others."""
     try:
         return step()
     except Exception as exc:  # a doctor reports what broke, whatever it is
-        return [failing(name, f"{type(exc).__name__}: {exc}"[:300], "fix that, then run it again")]
+        return [failing(name, f"{type(exc).__name__}: {exc}"[:300], fix)]
 
 
 def failed(checks: Iterable[Check]) -> bool:

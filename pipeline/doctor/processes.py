@@ -23,6 +23,7 @@ import httpx
 from pipeline.brokers.kind import BrokerKind
 from pipeline.brokers.queues import ACTIONS_QUEUE, INGEST_QUEUE
 from pipeline.doctor.checks import Check, failing, passed, warned
+from pipeline.doctor.stores import REDIS_TIMEOUT_S
 from pipeline.reconcile.beats import STALE_S, Beats
 from pipeline.settings import Settings
 
@@ -123,7 +124,7 @@ def beat(settings: Settings, kind: BrokerKind, *, clock: Callable[[], float] = t
             "set CICB_COS_SECRET_ID and CICB_COS_SECRET_KEY (and CICB_RECONCILE_INTERVAL_S "
             "above 0) to find the callbacks that never came",
         )
-    client = kind.state_client(timeout_s=RECEIVER_TIMEOUT_S)
+    client = kind.state_client(timeout_s=REDIS_TIMEOUT_S)
     if client is None:
         return warned("beat", "no Redis for state: beats cannot be counted", "set CICB_REDIS_URL")
     try:

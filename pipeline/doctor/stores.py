@@ -53,9 +53,9 @@ def state(kind: BrokerKind) -> Check:
             "no Redis for state: no deduplication, archive, leases or reconcile checkpoints",
             "set CICB_REDIS_URL",
         )
-    if kind.state_url == kind.broker_url:
-        return passed("state", "kept in the broker's Redis")
-    return redis_store("state", kind.state, setting="CICB_REDIS_URL")
+    # Kept in the broker's Redis without CICB_REDIS_URL: checked again, under its own name.
+    setting = "CICB_BROKER_URL" if kind.state_url == kind.broker_url else "CICB_REDIS_URL"
+    return redis_store("state", kind.state, setting=setting)
 
 
 def redis_store(name: str, endpoint: RedisEndpoint, *, setting: str) -> Check:

@@ -16,7 +16,7 @@ import redis
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.queues import connection, dead_letter_queue
-from pipeline.doctor import FAIL, PASS, WARN, Check, failed
+from pipeline.doctor import FAIL, PASS, WARN, Check, failed, run_checks
 from pipeline.doctor.ci import CLOCK_MAX_OFFSET_S, ci_checks
 from pipeline.doctor.processes import beat, workers
 from pipeline.doctor.stores import archive, dead_letters, redis_store
@@ -235,3 +235,30 @@ def test_ci_out_of_reach_fails_the_keys(ci_server: CiServer) -> None:
     keys, clock, _ = ci_checks(settings)
     assert keys.status == FAIL and "CI not reached" in keys.found
     assert clock.status == WARN
+
+
+# -- all of them --------------------------------------------------------------------------------
+
+
+def test_every_check_runs_in_order_and_one_that_breaks_stops_none(broker_url: str) -> None:
+    def broken(timeout_s: float) -> dict[str, list[str]]:
+        raise ConnectionError("broker gone mid-way")
+
+    settings = Settings(broker_url=broker_url, receiver_url=f"http://127.0.0.1:{free_port()}/cb")
+    checks = run_checks(settings, inspect=broken)
+    assert [c.name for c in checks] == [
+        "broker",
+        "state",
+        "receiver",
+        "workers",
+        "beat",
+        "ci-keys",
+        "clock",
+        "queues",
+        "dead-letters",
+        "archive",
+    ]
+    by_name = {c.name: c for c in checks}
+    assert by_name["workers"].found == "ConnectionError: broker gone mid-way"
+    assert by_name["workers"].fix == "see the broker check"
+    assert by_name["receiver"].status == FAIL and by_name["broker"].status == PASS
