@@ -41,6 +41,8 @@ ALLOWED = {
         "pipeline.brokers.envelope",
         "pipeline.actions.cos",
         "pipeline.guard",
+        # The queues of CICB_CI_BUCKETS, to reconcile them.
+        "pipeline.ci",
     ),
     # CI's queues and workflows, through the same SDK clients and error answers as the job
     # lists; reconcile and the CLI read them, nothing in the callback path does.

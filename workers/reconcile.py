@@ -18,6 +18,7 @@ from pipeline.reconcile import (
     CiJobs,
     Reconciler,
     ReconcileStore,
+    discovered,
     plan,
     target_from_json,
     target_to_json,
@@ -72,7 +73,9 @@ def reconcile() -> list[str]:
     if not settings.cos_configured:
         log.warning("reconcile.not_configured", hint="set CICB_COS_SECRET_ID/SECRET_KEY")
         return []
-    targets = plan(settings, _store(), now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    found = discovered(settings, _store(), now=now)
+    targets = plan(settings, _store(), now=now, discovered=found)
     for target in targets:
         reconcile_queue.apply_async((target_to_json(target),))
     log.info("reconcile.planned", targets=[t.name for t in targets])

@@ -56,6 +56,8 @@ class Kind:
     events: tuple[str, ...]
     # CI's job list (GET /jobs, ci_list_media_jobs) has this kind's jobs: reconcile reads it.
     lists_jobs: bool
+    # The Tags every queue of this kind runs, listed even before a callback names one.
+    tags: tuple[str, ...] = ()
 
 
 KINDS: Final = (
@@ -68,6 +70,7 @@ KINDS: Final = (
         "ci_update_media_pic_queue",
         (TASK_FINISH, WORKFLOW_FINISH),
         True,
+        ("PicProcess",),
     ),
     Kind("doc", "ci_get_doc_queue", "ci_update_doc_queue", (TASK_FINISH,), False),
     Kind("asr", "ci_get_asr_queue", "ci_update_asr_queue", (TASK_FINISH,), False),

@@ -11,7 +11,7 @@ import click
 from pipeline import processes
 from pipeline.brokers.kind import kind_of
 from pipeline.cli.common import fail, guarded, print_json, settings_or_exit, time_option
-from pipeline.reconcile import CiJobs, Reconciler, ReconcileStore, Report, plan
+from pipeline.reconcile import CiJobs, Reconciler, ReconcileStore, Report, discovered, plan
 
 
 @click.command()
@@ -40,7 +40,8 @@ def reconcile(since: datetime | None, until: datetime | None, dry_run: bool, as_
         fail("reconcile keeps its checkpoints in Redis: set CICB_REDIS_URL", code=2)
     now = datetime.now(UTC)
     store = ReconcileStore(client, retention_s=settings.dedup_ttl_s)
-    targets = guarded(lambda: plan(settings, store, now=now))
+    found = guarded(lambda: discovered(settings, store, now=now))
+    targets = guarded(lambda: plan(settings, store, now=now, discovered=found))
     publish = None if dry_run else kind.publisher(settings).ingest
     reconciler = Reconciler(
         ci=guarded(lambda: CiJobs.from_settings(settings)),

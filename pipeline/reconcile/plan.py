@@ -2,13 +2,14 @@
 
 A target is a CI queue with the Tags to list on it (``QueueTarget``; CI's list API needs a
 Tag) or a workflow (``WorkflowTarget``). ``plan`` makes them from ``CICB_RECONCILE_QUEUES``
-and ``CICB_RECONCILE_TAGS`` and from what callbacks named within the retention (learned in
-``store``). A stream is one queue and Tag, or one workflow: each has its own checkpoint and
-``window``.
+and ``CICB_RECONCILE_TAGS``, from what ``discovery`` found in ``CICB_CI_BUCKETS``, and from
+what callbacks named within the retention (learned in ``store``). A stream is one queue and
+Tag, or one workflow: each has its own checkpoint and ``window``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -78,14 +79,26 @@ def target_from_json(data: Any) -> Target:
         raise PermanentError(f"not a reconcile target: {data!r:.200}") from exc
 
 
-def plan(settings: Settings, store: ReconcileStore, *, now: datetime) -> list[Target]:
-    """The targets of a pass: the configured queues and what callbacks named, each queue
-    with the configured Tags and its own. A queue with no Tag at all is skipped, logged."""
+def plan(
+    settings: Settings,
+    store: ReconcileStore,
+    *,
+    now: datetime,
+    discovered: Iterable[Target] = (),
+) -> list[Target]:
+    """The targets of a pass: the configured queues, those found in ``CICB_CI_BUCKETS``
+    (``discovered``) and what callbacks named, each queue with the configured Tags, those
+    found for it and its own. A queue with no Tag at all is skipped, logged."""
     tags_of: dict[tuple[str, str, str], list[str]] = {}
     for queue in settings.reconcile_queues:
         bucket, region, queue_id = queue.split(":")
         tags_of.setdefault((bucket, region, queue_id), [])
     workflows: dict[tuple[str, str, str], None] = {}
+    for found in discovered:
+        if isinstance(found, QueueTarget):
+            tags_of.setdefault((found.bucket, found.region, found.queue_id), []).extend(found.tags)
+        else:
+            workflows[(found.bucket, found.region, found.workflow_id)] = None
     for kind, bucket, region, ident, *rest in store.learned(now_s=now.timestamp()):
         if kind == "queue":
             tags_of.setdefault((bucket, region, ident), []).extend(rest)
@@ -93,7 +106,7 @@ def plan(settings: Settings, store: ReconcileStore, *, now: datetime) -> list[Ta
             workflows[(bucket, region, ident)] = None
     targets: list[Target] = []
     for (bucket, region, queue_id), learned in tags_of.items():
-        tags = tuple(dict.fromkeys([*settings.reconcile_tags, *sorted(learned)]))
+        tags = tuple(dict.fromkeys([*settings.reconcile_tags, *sorted(set(learned))]))
         if not tags:
             log.warning(
                 "reconcile.no_tags",

@@ -36,6 +36,7 @@ TARGETS_KEY: Final = PREFIX + "reconcile:targets"
 CHECKPOINTS_KEY: Final = PREFIX + "reconcile:checkpoints"
 ERRORS_KEY: Final = PREFIX + "reconcile:errors"
 PASSES_KEY: Final = PREFIX + "reconcile:passes"
+DISCOVERED_KEY: Final = PREFIX + "reconcile:discovered"
 LOCK_PREFIX: Final = PREFIX + "reconcile:lock:"
 SENT_PREFIX: Final = PREFIX + "reconcile:sent:"
 DEDUP_PREFIX: Final = PREFIX + "dedup:"
@@ -228,6 +229,20 @@ class ReconcileStore:
     def errors(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self._redis.hgetall(ERRORS_KEY))
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    # -- targets found in CICB_CI_BUCKETS -------------------------------------------------
+
+    def keep_discovered(self, targets: list[dict[str, Any]], *, at_s: float) -> None:
+        """Keep the targets a look at CI's queues found (``discovery``), for every process."""
+        self._redis.set(DISCOVERED_KEY, json.dumps({"at": at_s, "targets": targets}))
+
+    def discovered(self) -> tuple[float, list[dict[str, Any]]] | None:
+        """When the targets were last found, and the targets; None if never."""
+        raw = cast(bytes | None, self._redis.get(DISCOVERED_KEY))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return float(data["at"]), list(data["targets"])
 
     # -- last passes --------------------------------------------------------------------------
 

@@ -42,7 +42,10 @@ def test_help_lists_every_command(env: dict[str, str]) -> None:
         *("archive", "replay"),
         *("reconcile", "beat"),
         "console",
+        "ci",
     }
+    ci = run_cli("ci", "--help", env=env).stdout
+    assert commands_listed(ci) == {"queues", "connect"}
     dlq = run_cli("dlq", "--help", env=env).stdout
     assert commands_listed(dlq) == {"list", "show", "replay", "purge"}
     archive = run_cli("archive", "--help", env=env).stdout

@@ -22,6 +22,7 @@ import redis
 
 from pipeline.brokers.kind import kind_of
 from pipeline.settings import Settings
+from tests.ci_queues import ci_queue, ci_workflow
 from tests.peers import CiServer, ci_error, ci_job, job_callback, serve_ci
 from tests.support import (
     Process,
@@ -218,3 +219,56 @@ def test_beat_schedules_the_passes(
         beat.stop()
     assert "cicb.reconcile" in beat.log()
     assert stack.worker.log().count('"reconcile.planned"') >= 2
+
+
+def test_reconcile_lists_the_queues_it_found_in_ci_buckets_alone(
+    ci: CiServer, broker_url: str
+) -> None:
+    """No CICB_RECONCILE_QUEUES, no callback yet: the queues come from CICB_CI_BUCKETS (a
+    media queue whose workflow runs Transcode, a picture queue) and CI is asked for them
+    once an hour."""
+    now = datetime.now(UTC)
+    created = now - timedelta(minutes=40)
+    jobs = [
+        ci_job(
+            f"j{n}found{tag.lower()}",
+            bucket=BUCKET,
+            region=REGION,
+            queue_id=queue,
+            tag=tag,
+            state="Success",
+            created=created + timedelta(seconds=n),
+            ended=created + timedelta(minutes=1),
+        )
+        for n, (queue, tag) in enumerate(
+            [
+                ("pfoundmedia", "Transcode"),
+                ("pfoundmedia", "Transcode"),
+                ("pfoundpic", "PicProcess"),
+            ]
+        )
+    ]
+    ci.jobs[BUCKET] = jobs
+    ci.queues[(BUCKET, "media")] = [ci_queue("pfoundmedia", url=None)]
+    ci.queues[(BUCKET, "pic")] = [ci_queue("pfoundpic", url=None)]
+    ci.queues[(BUCKET, "doc")] = [ci_queue("pfounddoc", url=None)]
+    ci.workflows[BUCKET] = [ci_workflow("wfound", queue_id="pfoundmedia", url=None)]
+    env = {
+        **cicb_env(broker_url),
+        "CICB_COS_SECRET_ID": "AKIDtest",
+        "CICB_COS_SECRET_KEY": "test-secret-key-never-logged",
+        "CICB_CI_ENDPOINT": f"http://{ci.endpoint}",
+        "CICB_CI_BUCKETS": f"{BUCKET}:{REGION}",
+    }
+    done = run_cli("reconcile", "--json", env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert sorted(f["job_id"] for f in report["found"]) == sorted(j["JobId"] for j in jobs)
+    listed = {(r["query"].get("queueId"), r["query"].get("tag")) for r in ci.lists()}
+    assert listed >= {("pfoundmedia", "Transcode"), ("pfoundpic", "PicProcess")}
+    assert not any(q == "pfounddoc" for q, _ in listed)  # CI's job list has no doc jobs
+    assert any(r["path"] == "/workflowexecution" for r in ci.lists())
+    asked = [r for r in ci.requests if r["path"] in ("/queue", "/workflow")]
+    again = run_cli("reconcile", "--json", env=env, check=False)
+    assert again.returncode == 0 and json.loads(again.stdout)["found"] == []
+    assert [r for r in ci.requests if r["path"] in ("/queue", "/workflow")] == asked

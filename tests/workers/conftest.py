@@ -197,8 +197,16 @@ class Tier:
         return int(self.redis.zcard("cicb:inflight"))
 
     def idle(self, timeout_s: float = 20) -> None:
-        """Wait until every message published so far has finished (none kept in flight)."""
-        wait_until(lambda: self.inflight() == 0, timeout_s=timeout_s, what="nothing in flight")
+        """Wait until every message published so far has finished: none kept in flight, and
+        no task still running (a copy that found its step done forgets its record before it
+        returns and is counted)."""
+        from celery.worker import state
+
+        wait_until(
+            lambda: self.inflight() == 0 and not state.active_requests,
+            timeout_s=timeout_s,
+            what="nothing in flight or running",
+        )
 
 
 @pytest.fixture(scope="session")

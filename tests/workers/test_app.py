@@ -81,6 +81,7 @@ def test_importing_the_worker_side_opens_no_connection() -> None:
         ("CICB_CI_ENDPOINT", "ftp://ci.example.com", "CICB_CI_ENDPOINT must be"),
         ("CICB_NOTIFY_URLS", "bogus://x", "a notify target must be an http(s) URL"),
         ("CICB_MAX_RETRIES", "many", "CICB_MAX_RETRIES must be an integer"),
+        ("CICB_CI_BUCKETS", "media:guangzhou", "CICB_CI_BUCKETS: 'media:guangzhou' is not"),
     ],
 )
 def test_a_bad_setting_stops_the_worker_at_start_with_one_line(

@@ -215,11 +215,13 @@ def test_bad_buckets_and_refused_keys_say_what_to_do(
 ) -> None:
     stack = make_stack()
     env = env_for(stack, ci)
-    bad = cli({**env, "CICB_CI_BUCKETS": "media:guangzhou"}, "ci", "queues")
-    assert bad.returncode == 2
-    assert (
-        bad.stderr.strip().splitlines()[-1].startswith("error: CICB_CI_BUCKETS: 'media:guangzhou'")
-    )
+    for command in (("ci", "queues"), ("receiver",), ("beat",), ("console",)):
+        bad = cli({**env, "CICB_CI_BUCKETS": "media:guangzhou"}, *command)
+        assert bad.returncode == 2
+        assert bad.stderr.splitlines() == [
+            "error: CICB_CI_BUCKETS: 'media:guangzhou' is not BUCKET-APPID:REGION "
+            "(examplebucket-1250000000:ap-guangzhou)"
+        ]
     unset = cli({**env, "CICB_CI_BUCKETS": ""}, "ci", "queues")
     assert unset.returncode == 2 and "set CICB_CI_BUCKETS" in unset.stderr
     ci.refusals[BUCKET] = ci_error(403, "AccessDenied", "Access Denied.")
