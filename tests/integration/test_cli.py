@@ -43,6 +43,7 @@ def test_help_lists_every_command(env: dict[str, str]) -> None:
         *("reconcile", "beat"),
         "console",
         "ci",
+        "doctor",
     }
     ci = run_cli("ci", "--help", env=env).stdout
     assert commands_listed(ci) == {"queues", "connect"}
