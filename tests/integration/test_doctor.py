@@ -76,11 +76,17 @@ def test_doctor_passes_on_a_healthy_up_stack_and_fails_on_a_queue_with_a_wrong_t
     up = Process([CICB, "up"], env, tmp_path / "up.log", cwd=tmp_path).start()
     try:
         assert wait_until(lambda: "cicb doctor" in up.log(), what="the banner")
-        healthy = wait_until(
-            lambda: (done := doctor(env, tmp_path)).returncode == 0 and done,
-            timeout_s=90,
-            what=f"a healthy doctor; the last said {doctor(env, tmp_path).stdout}",
-        )
+        said: list[subprocess.CompletedProcess[str]] = []
+
+        def healthy_now() -> bool:
+            said[:] = [doctor(env, tmp_path)]
+            return said[0].returncode == 0
+
+        try:
+            wait_until(healthy_now, timeout_s=90, what="every check to pass")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; doctor said:\n{said[0].stdout if said else ''}") from None
+        healthy = said[0]
         assert set(statuses(healthy).values()) == {"pass"}, healthy.stdout
         assert found(healthy, "queues").startswith("2 queue(s) in 1 bucket(s) connected")
         assert found(healthy, "receiver").endswith("ready, token accepted  -> None")
