@@ -9,11 +9,13 @@
   callback (``pipeline.ci.queues``) must be connected to this receiver, with an accepted
   token and every event its kind sends.
 
-Without the COS keys or ``CICB_CI_BUCKETS`` each of them warns, saying what to set.
+Without the COS keys or ``CICB_CI_BUCKETS`` each of them warns, saying what to set. Each
+call to CI gives up after ``CI_TIMEOUT_S`` (10 s), with no retry.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +24,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import requests
+from qcloud_cos import CosS3Client
 
 from pipeline.actions.cos import CiRefused, CiUnavailable, ci_call, cos_client
-from pipeline.ci.queues import CONNECTED, queue_reports
+from pipeline.ci.queues import CONNECTED, CiQueues, queue_reports
 from pipeline.doctor.checks import Check, failing, passed, warned
 from pipeline.settings import Settings
 
@@ -66,12 +69,12 @@ def _missing(settings: Settings) -> tuple[str, str] | None:
     return None
 
 
-def _keys(settings: Settings, dates: _Dates) -> Check:
-    bucket, region = settings.bucket_regions[0]
-    session = requests.Session()
-    session.hooks["response"].append(dates.hook)
+def _client(
+    settings: Settings, region: str, session: requests.Session | None = None
+) -> CosS3Client:
+    """An SDK client that gives up on an answer after ``CI_TIMEOUT_S``."""
     netloc, scheme = settings.ci_endpoint_parts or (None, "https")
-    client = cos_client(
+    return cos_client(
         secret_id=settings.cos_secret_id or "",
         secret_key=settings.cos_secret_key or "",
         region=region,
@@ -80,6 +83,13 @@ def _keys(settings: Settings, dates: _Dates) -> Check:
         timeout_s=CI_TIMEOUT_S,
         session=session,
     )
+
+
+def _keys(settings: Settings, dates: _Dates) -> Check:
+    bucket, region = settings.bucket_regions[0]
+    session = requests.Session()
+    session.hooks["response"].append(dates.hook)
+    client = _client(settings, region, session)
     try:
         ci_call(lambda: client.ci_get_media_queue(Bucket=bucket, PageSize="1"))
     except CiRefused as exc:
@@ -125,7 +135,9 @@ def _clock(dates: _Dates) -> Check:
 
 def _queues(settings: Settings) -> Check:
     try:
-        reports = queue_reports(settings)
+        reports = queue_reports(
+            settings, CiQueues(functools.cache(functools.partial(_client, settings)))
+        )
     except (CiRefused, CiUnavailable) as exc:
         return failing("queues", f"CI's queues not read: {exc}", "see the ci-keys check")
     if not reports:
