@@ -15,6 +15,10 @@ import urllib.request
 from typing import Any
 from xml.etree import ElementTree
 
+# The bucket the queue tests look after, as CICB_CI_BUCKETS names it.
+BUCKET = "media-1250000000"
+REGION = "ap-guangzhou"
+
 # The path of each kind of queue, as the SDK calls it.
 QUEUE_PATHS = {
     "media": "queue",
@@ -24,6 +28,17 @@ QUEUE_PATHS = {
     "ai": "ai_queue",
 }
 KIND_OF_PATH = {path: kind for kind, path in QUEUE_PATHS.items()}
+
+
+def ci_env(endpoint: str, *, public_url: str | None = None) -> dict[str, str]:
+    """The settings that point cicb at the stand-in on ``endpoint`` for ``BUCKET``."""
+    env = {
+        "CICB_CI_BUCKETS": f"{BUCKET}:{REGION}",
+        "CICB_COS_SECRET_ID": "AKIDtest",
+        "CICB_COS_SECRET_KEY": "test-secret-key-never-logged",
+        "CICB_CI_ENDPOINT": f"http://{endpoint}",
+    }
+    return env if public_url is None else {**env, "CICB_PUBLIC_URL": public_url}
 
 
 def ci_queue(

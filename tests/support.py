@@ -240,6 +240,34 @@ def cicb_env(broker_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class UpPorts:
+    """The ports of a ``cicb up`` stack of its own, each free when made."""
+
+    broker: int = field(default_factory=lambda: free_port())
+    receiver: int = field(default_factory=lambda: free_port())
+    flower: int = field(default_factory=lambda: free_port())
+    console: int = field(default_factory=lambda: free_port())
+    worker_metrics: int = field(default_factory=lambda: free_port())
+
+    def all(self) -> tuple[int, ...]:
+        return (self.broker, self.receiver, self.flower, self.console, self.worker_metrics)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """``cicb up``'s environment on these ports: no ``CICB_`` setting of this one's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CICB_")}
+        env.update(
+            CICB_EMBEDDED_BROKER_PORT=str(self.broker),
+            CICB_RECEIVER_PORT=str(self.receiver),
+            CICB_FLOWER_PORT=str(self.flower),
+            CICB_CONSOLE_PORT=str(self.console),
+            CICB_WORKER_METRICS_PORT=str(self.worker_metrics),
+            PYTHONPATH=str(ROOT),
+            **extra,
+        )
+        return env
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

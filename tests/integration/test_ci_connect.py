@@ -19,14 +19,12 @@ from typing import Any
 
 import pytest
 
-from tests.ci_queues import ci_queue, ci_workflow, read_request
+from tests.ci_queues import BUCKET, REGION, ci_env, ci_queue, ci_workflow, read_request
 from tests.peers import CiServer, ci_error, ci_job, serve_ci
 from tests.support import CICB, ROOT, TOKEN, Stack, Target
 
 pytestmark = pytest.mark.integration
 
-BUCKET = "media-1250000000"
-REGION = "ap-guangzhou"
 ELSEWHERE_URL = "https://hooks.example.com/ci?key=theirs"
 
 
@@ -68,14 +66,7 @@ def fill(ci: CiServer, receiver: str) -> None:
 
 
 def env_for(stack: Stack, ci: CiServer) -> dict[str, str]:
-    return {
-        **stack.env,
-        "CICB_CI_BUCKETS": f"{BUCKET}:{REGION}",
-        "CICB_COS_SECRET_ID": "AKIDtest",
-        "CICB_COS_SECRET_KEY": "test-secret-key-never-logged",
-        "CICB_CI_ENDPOINT": f"http://{ci.endpoint}",
-        "CICB_PUBLIC_URL": f"{stack.url}/callbacks",
-    }
+    return {**stack.env, **ci_env(ci.endpoint, public_url=f"{stack.url}/callbacks")}
 
 
 def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -5,31 +5,17 @@ queue APIs through the real SDK."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.ci_queues import ci_queue
+from tests.ci_queues import BUCKET, ci_env, ci_queue
 from tests.peers import CiServer
-from tests.support import CICB, ROOT, TOKEN, Process, Stack, free_port, wait_until
+from tests.support import CICB, ROOT, TOKEN, Process, Stack, UpPorts, wait_until
 
 pytestmark = pytest.mark.integration
-
-BUCKET = "media-1250000000"
-REGION = "ap-guangzhou"
-
-
-def ci_env(ci: CiServer, public_url: str) -> dict[str, str]:
-    return {
-        "CICB_CI_BUCKETS": f"{BUCKET}:{REGION}",
-        "CICB_COS_SECRET_ID": "AKIDtest",
-        "CICB_COS_SECRET_KEY": "test-secret-key-never-logged",
-        "CICB_CI_ENDPOINT": f"http://{ci.endpoint}",
-        "CICB_PUBLIC_URL": public_url,
-    }
 
 
 def connect(ci: CiServer, public_url: str, token: str = TOKEN) -> None:
@@ -59,19 +45,9 @@ def found(done: subprocess.CompletedProcess[str], name: str) -> str:
 def test_doctor_passes_on_a_healthy_up_stack_and_fails_on_a_queue_with_a_wrong_token(
     tmp_path: Path, ci_server: CiServer
 ) -> None:
-    ports = {n: free_port() for n in ("broker", "receiver", "flower", "console", "metrics")}
-    public_url = f"http://127.0.0.1:{ports['receiver']}/callbacks"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CICB_")}
-    env.update(
-        CICB_EMBEDDED_BROKER_PORT=str(ports["broker"]),
-        CICB_RECEIVER_PORT=str(ports["receiver"]),
-        CICB_FLOWER_PORT=str(ports["flower"]),
-        CICB_CONSOLE_PORT=str(ports["console"]),
-        CICB_WORKER_METRICS_PORT=str(ports["metrics"]),
-        CICB_RECEIVER_TOKEN=TOKEN,
-        PYTHONPATH=str(ROOT),
-        **ci_env(ci_server, public_url),
-    )
+    ports = UpPorts()
+    public_url = f"http://127.0.0.1:{ports.receiver}/callbacks"
+    env = ports.env(CICB_RECEIVER_TOKEN=TOKEN, **ci_env(ci_server.endpoint, public_url=public_url))
     connect(ci_server, public_url)
     up = Process([CICB, "up"], env, tmp_path / "up.log", cwd=tmp_path).start()
     try:
@@ -118,7 +94,11 @@ def test_doctor_fails_naming_the_beat_when_none_runs_and_the_workers_once_stoppe
     stack: Stack = make_stack()
     public_url = f"{stack.url}/callbacks"
     connect(ci_server, public_url)
-    env = {**stack.env, "CICB_RECEIVER_URL": public_url, **ci_env(ci_server, public_url)}
+    env = {
+        **stack.env,
+        "CICB_RECEIVER_URL": public_url,
+        **ci_env(ci_server.endpoint, public_url=public_url),
+    }
 
     no_beat = doctor(env)
     assert no_beat.returncode == 1

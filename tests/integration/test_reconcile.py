@@ -22,7 +22,7 @@ import redis
 
 from pipeline.brokers.kind import kind_of
 from pipeline.settings import Settings
-from tests.ci_queues import ci_queue, ci_workflow
+from tests.ci_queues import ci_env, ci_queue, ci_workflow
 from tests.peers import CiServer, ci_error, ci_job, job_callback, serve_ci
 from tests.support import (
     Process,
@@ -253,13 +253,7 @@ def test_reconcile_lists_the_queues_it_found_in_ci_buckets_alone(
     ci.queues[(BUCKET, "pic")] = [ci_queue("pfoundpic", url=None)]
     ci.queues[(BUCKET, "doc")] = [ci_queue("pfounddoc", url=None)]
     ci.workflows[BUCKET] = [ci_workflow("wfound", queue_id="pfoundmedia", url=None)]
-    env = {
-        **cicb_env(broker_url),
-        "CICB_COS_SECRET_ID": "AKIDtest",
-        "CICB_COS_SECRET_KEY": "test-secret-key-never-logged",
-        "CICB_CI_ENDPOINT": f"http://{ci.endpoint}",
-        "CICB_CI_BUCKETS": f"{BUCKET}:{REGION}",
-    }
+    env = {**cicb_env(broker_url), **ci_env(ci.endpoint)}
     done = run_cli("reconcile", "--json", env=env, check=False)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -13,11 +13,10 @@ import pytest
 
 from tests.support import (
     CICB,
-    ROOT,
     SAMPLES,
     Process,
     Target,
-    free_port,
+    UpPorts,
     metric,
     run_cli,
     scrape,
@@ -35,22 +34,10 @@ def port_open(port: int) -> bool:
 def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
     tmp_path: Path, target: Target
 ) -> None:
-    ports = {
-        name: free_port() for name in ("broker", "receiver", "flower", "console", "worker_metrics")
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CICB_")}
-    env.update(
-        CICB_EMBEDDED_BROKER_PORT=str(ports["broker"]),
-        CICB_RECEIVER_PORT=str(ports["receiver"]),
-        CICB_FLOWER_PORT=str(ports["flower"]),
-        CICB_CONSOLE_PORT=str(ports["console"]),
-        CICB_WORKER_METRICS_PORT=str(ports["worker_metrics"]),
-        CICB_NOTIFY_URLS=target.url,
-        FLOWER_UNAUTHENTICATED_API="true",
-        PYTHONPATH=str(ROOT),
-    )
-    receiver = f"http://127.0.0.1:{ports['receiver']}"
-    flower = f"http://127.0.0.1:{ports['flower']}"
+    ports = UpPorts()
+    env = ports.env(CICB_NOTIFY_URLS=target.url, FLOWER_UNAUTHENTICATED_API="true")
+    receiver = f"http://127.0.0.1:{ports.receiver}"
+    flower = f"http://127.0.0.1:{ports.flower}"
 
     def start(n: int) -> Process:
         up = Process([CICB, "up"], env, tmp_path / f"up{n}.log", cwd=tmp_path).start()
@@ -72,7 +59,7 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
         assert f"{receiver}/callbacks?token={token}" in up.log()
         # The console's URL, with the token cicb up made and kept for it.
         console_token = (tmp_path / ".cicb" / "console-token").read_text().strip()
-        console = f"http://127.0.0.1:{ports['console']}/"
+        console = f"http://127.0.0.1:{ports.console}/"
         assert f"{console}  (sign in with {console_token})" in up.log()
         signin = wait_until(lambda: httpx.get(f"{console}signin"), what="console up")
         assert signin.status_code == 200
@@ -97,7 +84,7 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
         assert "ParseError" in task["exception"]
 
         # Prometheus' view: the receiver's and the worker's /metrics, as cicb up printed them.
-        worker_metrics = f"http://127.0.0.1:{ports['worker_metrics']}/metrics"
+        worker_metrics = f"http://127.0.0.1:{ports.worker_metrics}/metrics"
         assert f"{receiver}/metrics" in up.log() and worker_metrics in up.log()
         front, work = scrape(f"{receiver}/metrics"), scrape(worker_metrics)
         assert metric(front, "cicb_queue_messages", queue="dead_letter") == 1
@@ -111,7 +98,7 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
         raise
     os.killpg(up.popen.pid, signal.SIGINT)  # type: ignore[union-attr]  # Ctrl-C
     assert up.popen.wait(30) == 0  # type: ignore[union-attr]
-    assert not any(port_open(p) for p in ports.values())
+    assert not any(port_open(p) for p in ports.all())
 
     up = start(2)
     try:
@@ -120,4 +107,4 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
         assert listed()["count"] == 1  # the broker's append-only file kept the dead letter
     finally:
         up.stop(signal.SIGINT)
-    assert not any(port_open(p) for p in ports.values())
+    assert not any(port_open(p) for p in ports.all())
