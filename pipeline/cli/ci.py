@@ -52,8 +52,16 @@ def queues_command(as_json: bool) -> None:
 @ci.command("connect")
 @click.option("--url", help="The receiver's URL as CI reaches it (default CICB_PUBLIC_URL).")
 @click.option("--bucket", "buckets", multiple=True, help="Only this bucket (repeatable).")
-@click.option("--queue", "queue_ids", multiple=True, help="Only this queue or workflow id.")
-@click.option("--format", "result_format", type=click.Choice(["xml", "json"]), default=None)
+@click.option(
+    "--queue", "queue_ids", multiple=True, help="Only this queue or workflow id (repeatable)."
+)
+@click.option(
+    "--format",
+    "result_format",
+    type=click.Choice(["xml", "json"]),
+    default=None,
+    help="The callbacks' format (default: the queue's own, else XML).",
+)
 @click.option("--replace", is_flag=True, help="Also change queues that point elsewhere.")
 @click.option("--dry-run", is_flag=True, help="Show the change; change nothing.")
 @click.option("--yes", is_flag=True, help="Change without asking.")
@@ -67,7 +75,8 @@ def connect_command(
     yes: bool,
 ) -> None:
     """Point CI's queues (all of CICB_CI_BUCKETS' by default) at the receiver: the URL with
-    the current token, events TaskFinish and WorkflowFinish, notifications on."""
+    the current token, events TaskFinish and WorkflowFinish, notifications on. Then
+    `cicb doctor` checks the whole path."""
     settings = settings_or_exit()
     base = url or settings.public_url
     if not base:
