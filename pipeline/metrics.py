@@ -143,6 +143,20 @@ class WorkerMetrics:
             ["kind", "result"],
             registry=r,
         )
+        self.notification_seconds = Histogram(
+            "cicb_notification_seconds",
+            "How long a notify target took to answer (or to fail), by target kind.",
+            ["kind"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+        self.notification_status = Counter(
+            "cicb_notification_status",
+            "Notify targets' answers by target kind and code: the HTTP status, or timeout "
+            "or network when there was none.",
+            ["kind", "code"],
+            registry=r,
+        )
         self.copied_objects = Counter(
             "cicb_copied_objects",
             "Outputs copied, or found already copied (skipped).",

@@ -173,19 +173,28 @@ class TaskRuns:
         if forget is not None and not same:
             forget.forget(task_id)
 
-    def retried(self, task_id: str, attempt: int, owner: str) -> None:
+    def retried(
+        self,
+        task_id: str,
+        attempt: int,
+        owner: str,
+        *,
+        before: Sequence[Callable[[Any], None]] = (),
+    ) -> None:
         """The task scheduled its next attempt: attempts up to ``attempt`` will not run
         again, and the lease is free for the next. With ``CICB_MIN_REPLICAS``, this and the
-        retry's message (published before) are on the replicas when it returns. Raises
-        ``redis.RedisError``, ``NotReplicated``."""
+        retry's message (published before) are on the replicas when it returns. ``before``:
+        as ``finish``'s. Raises ``redis.RedisError``, ``NotReplicated``."""
         keys = [f"{PREFIX}retried:{task_id}", lease_key(task_id)]
-        self._replicated(self._retried, keys, [attempt, owner, self._ttl_s])
+        self._replicated(self._retried, keys, [attempt, owner, self._ttl_s], before=before)
 
-    def release(self, task_id: str, owner: str) -> None:
+    def release(
+        self, task_id: str, owner: str, *, before: Sequence[Callable[[Any], None]] = ()
+    ) -> None:
         """Give the lease back (the task failed, or its retry could not be sent); with
-        ``CICB_MIN_REPLICAS``, once the replicas have what it did before. Raises
-        ``redis.RedisError``, ``NotReplicated``."""
-        self._replicated(self._release, [lease_key(task_id)], [owner])
+        ``CICB_MIN_REPLICAS``, once the replicas have what it did before. ``before``: as
+        ``finish``'s. Raises ``redis.RedisError``, ``NotReplicated``."""
+        self._replicated(self._release, [lease_key(task_id)], [owner], before=before)
 
     def _replicated(
         self,

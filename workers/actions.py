@@ -12,26 +12,34 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from pipeline import logs
 from pipeline.actions.copying import COPIED, copy_outputs
 from pipeline.actions.cos import cos_client
+from pipeline.actions.notify import FAILED, REFUSED, Delivery
 from pipeline.actions.notify import notify as notify_targets
 from pipeline.actions.resubmit import AttemptStore, decide, input_region, resubmit
 from pipeline.actions.s3 import S3Client, s3_client
 from pipeline.actions.targets import Target
+from pipeline.attempts import redacted_answer
 from pipeline.errors import ConfigError
+from pipeline.logguard import secret_redactor
 from pipeline.parsing.decoding import event_from_dict
 from workers.app import app
+from workers.attempts import note
 from workers.base import PipelineTask, backoff_s
 from workers.metrics import worker_metrics
 from workers.resources import resources
 
 log = logs.get_logger("cicb.actions")
 
+# Objects an attempt record lists of a copy (it counts them all).
+MAX_NOTED_OBJECTS = 20
 RESUBMIT_NAMESPACE = uuid.UUID("5f0d8a52-7c1e-4b8e-9a51-2e6f3b7d1c04")
 
 
@@ -68,8 +76,54 @@ def ci_client(region: str) -> Any:
     )
 
 
-@app.task(base=PipelineTask, name="cicb.notify")
-def notify(event: dict[str, Any], pending: list[str] | None = None) -> int:
+@functools.cache
+def settings_redactor() -> Callable[[str], str]:
+    return secret_redactor(resources().settings)
+
+
+def redactor(target: Target) -> Callable[[str], str]:
+    """What hides a target's secrets in its answer: its URL, path and query (robot keys,
+    tokens), its signing secret and the settings' secrets."""
+    parts = urlsplit(target.url)
+    own = [target.url, parts.path if len(parts.path) > 1 else "", parts.query, target.secret or ""]
+    own = sorted({s for s in own if s}, key=len, reverse=True)
+    redact_settings = settings_redactor()
+
+    def redact(text: str) -> str:
+        for secret in own:
+            text = text.replace(secret, "***")
+        return redact_settings(text)
+
+    return redact
+
+
+def delivery_code(delivery: Delivery) -> str:
+    """The status code a target answered, or ``timeout``/``network`` when it did not."""
+    if delivery.status is not None:
+        return str(delivery.status)
+    return "timeout" if (delivery.error or "").startswith("timed out") else "network"
+
+
+def tried(deliveries: list[Delivery], *, retries_left: bool) -> list[dict[str, Any]]:
+    """The attempt record's entry of each target tried: which, what it answered, how fast,
+    and whether it will be tried again (it failed for now, none refused, retries remain)."""
+    again = retries_left and not any(d.result == REFUSED for d in deliveries)
+    return [
+        {
+            "target": d.target.describe(),
+            "result": d.result,
+            "status": d.status,
+            "error": d.error,
+            "seconds": round(d.seconds, 4),
+            "answer": redacted_answer(d.answer, redactor(d.target)),
+            "retried": again and d.result == FAILED,
+        }
+        for d in deliveries
+    ]
+
+
+@app.task(base=PipelineTask, bind=True, name="cicb.notify")
+def notify(self: PipelineTask, event: dict[str, Any], pending: list[str] | None = None) -> int:
     """Notify ``CICB_NOTIFY_URLS`` of the event (on a retry or replay, the targets pending)."""
     logs.bind_event(event)
     decoded = event_from_dict(event)
@@ -82,13 +136,24 @@ def notify(event: dict[str, Any], pending: list[str] | None = None) -> int:
     if not targets:
         log.warning("notify.no_targets")
         return 0
-    notified = worker_metrics().notifications
+    metrics = worker_metrics()
+    deliveries: list[Delivery] = []
 
-    def count(target: Target, result: str) -> None:
-        notified.labels(target.kind, result).inc()
+    def count(delivery: Delivery) -> None:
+        kind = delivery.target.kind
+        metrics.notifications.labels(kind, delivery.result).inc()
+        metrics.notification_seconds.labels(kind).observe(delivery.seconds)
+        metrics.notification_status.labels(kind, delivery_code(delivery)).inc()
+        deliveries.append(delivery)
 
     # Targets failing for now raise TargetsPending: the task base retries only them.
-    notify_targets(http_client(), targets, decoded, webhook_key=res.webhook_key, on_result=count)
+    try:
+        notify_targets(
+            http_client(), targets, decoded, webhook_key=res.webhook_key, on_result=count
+        )
+    finally:
+        left = self.request.retries < res.settings.max_retries
+        note(targets=tried(deliveries, retries_left=left))
     log.info("notified", targets=[t.describe() for t in targets])
     return len(targets)
 
@@ -109,6 +174,13 @@ def copy_output(event: dict[str, Any]) -> list[dict[str, Any]]:
         if copied:
             metrics.copied_bytes.inc(copy.size_bytes)
     results = [c.to_dict() for c in copies]
+    done = [c for c in copies if c.status == COPIED]
+    note(
+        copied=len(done),
+        skipped=len(copies) - len(done),
+        copied_bytes=sum(c.size_bytes for c in done),
+        objects=results[:MAX_NOTED_OBJECTS],
+    )
     log.info("outputs_copied", copies=results)
     return results
 
@@ -125,8 +197,10 @@ def retry_job(event: dict[str, Any]) -> str:
         max_attempts=res.settings.retry_max_attempts,
         never_codes=res.never_retry_codes,
     )
+    note(decision=decision.reason)
     if decision.gave_up:
         worker_metrics().resubmissions.labels("gave_up").inc()
+        note(gave_up=True)
         raise decision.error()
     if not decision.resubmit:
         return decision.reason
@@ -136,6 +210,11 @@ def retry_job(event: dict[str, Any]) -> str:
     task_id = str(uuid.uuid5(RESUBMIT_NAMESPACE, f"{decoded.job_id}|{decision.next_attempt}"))
     resubmit_job.apply_async(
         (event,), {"attempt": decision.next_attempt}, countdown=delay_s, task_id=task_id
+    )
+    note(
+        next_attempt=decision.next_attempt,
+        resubmit_in_s=round(delay_s, 3),
+        resubmit_task_id=task_id,
     )
     log.info("job_resubmit_scheduled", attempt=decision.next_attempt, delay_s=delay_s)
     return decision.reason
@@ -149,5 +228,6 @@ def resubmit_job(event: dict[str, Any], attempt: int) -> str:
     client = ci_client(input_region(decoded))
     new_job_id = resubmit(decoded, client=client, attempts=attempt_store(), attempt=attempt)
     worker_metrics().resubmissions.labels("resubmitted").inc()
+    note(new_job_id=new_job_id)
     log.info("job_resubmitted", attempt=attempt, new_job_id=new_job_id)
     return new_job_id

@@ -16,9 +16,11 @@ once the next step of its chain is out.
 
 Each run is counted (``cicb_tasks_total``: done, retried, skipped, deferred, dead_lettered)
 and timed.
-A step of a route carries the route's name, when its callback was received and whether it
-is the route's last step in its message headers (``ROUTE_HEADER`` ...); the last step's end
-is the callback's end-to-end latency.
+A step of a route carries the route's name, when its callback was received, its place in
+the chain and whether it is the route's last step in its message headers (``ROUTE_HEADER``
+...; a dead letter keeps them for its replay); the last step's end is the callback's
+end-to-end latency. Each run of a step leaves an attempt record (``workers.attempts``),
+written with its completion record, its retry's or its lease's release.
 """
 
 from __future__ import annotations
@@ -34,25 +36,25 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.uuid import uuid
 
 from pipeline import logs
+from pipeline.attempts import DEAD_LETTERED, DONE, RETRIED, SKIPPED
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.queues import dead_letter_queue
 from pipeline.endpoints import NotReplicated
 from pipeline.errors import PermanentError, TransientError
 from pipeline.settings import Settings
+from workers import attempts
+from workers.attempts import LAST_STEP_HEADER, RECEIVED_AT_HEADER, ROUTE_HEADER, headers_of
 from workers.metrics import worker_metrics
 from workers.resources import resources
 
-log = logs.get_logger("cicb.task")
+__all__ = ["LAST_STEP_HEADER", "RECEIVED_AT_HEADER", "ROUTE_HEADER", "PipelineTask", "backoff_s"]
 
-# Message headers of a route's steps (``workers.tasks.dispatch``).
-ROUTE_HEADER = "cicb_route"
-RECEIVED_AT_HEADER = "cicb_received_at"
-LAST_STEP_HEADER = "cicb_last_step"
+log = logs.get_logger("cicb.task")
 
 
 # The writes the running task leaves for its last round trip (``PipelineTask.end_with``).
@@ -143,6 +145,7 @@ class PipelineTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _ending.writes = []
+        attempts.begin()
         logs.clear()
         logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)
         started = time.perf_counter()
@@ -165,9 +168,10 @@ class PipelineTask(Task):  # type: ignore[misc]
         res = resources()
         if res.runs is None or task_id is None:  # no Redis, or called directly
             result = self._run(args, kwargs)
-            if res.client is not None and _ending.writes:
+            writes = [*_ending.writes, *self._attempt(DONE)]
+            if res.client is not None and writes:
                 pipe = res.client.pipeline(transaction=False)
-                for write in _ending.writes:
+                for write in writes:
                     write(pipe)
                 pipe.execute()
             return "done", result
@@ -180,6 +184,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             # Its worker died after the work and before the ack, or a copy ran it: the chain
             # goes on (its next step may not be out), the step is not done twice.
             log.warning("task.already_completed")
+            self._record_now(SKIPPED)
             if not self._continues():
                 res.forget(task_id)
             return "skipped", None
@@ -195,16 +200,45 @@ class PipelineTask(Task):  # type: ignore[misc]
             if start.deliveries > res.runs.max_deliveries:
                 raise RedeliveryLimit(start.deliveries, res.runs.max_deliveries)
             result = self._run(args, kwargs)
-        except Retry:
-            res.retried(task_id, self.request.retries, owner)
+        except Retry as retry:
+            wait_s = float(retry.when) if isinstance(retry.when, int | float) else None
+            record = self._attempt(RETRIED, retry.exc, wait_s=wait_s)
+            res.retried(task_id, self.request.retries, owner, before=record)
             raise
-        except BaseException:
-            # Failed (dead-lettered next), or its retry could not be sent (Celery rejects
-            # the message; its in-flight record brings it back): the lease is free.
+        except (Ignore, Reject):
             res.released(task_id, owner)
             raise
-        res.finished(task_id, owner, forget=not self._continues(), before=_ending.writes)
+        except BaseException as exc:
+            # Failed (dead-lettered next), or its retry could not be sent (Celery rejects
+            # the message; its in-flight record brings it back): the lease is free.
+            res.released(task_id, owner, before=self._attempt(DEAD_LETTERED, exc))
+            raise
+        writes = [*_ending.writes, *self._attempt(DONE)]
+        res.finished(task_id, owner, forget=not self._continues(), before=writes)
         return "done", result
+
+    def _attempt(
+        self, outcome: str, exc: BaseException | None = None, *, wait_s: float | None = None
+    ) -> list[Callable[[Any], None]]:
+        """The write of this run's attempt record, for its last round trip."""
+        res = resources()
+        return attempts.write_of(
+            res.attempts, self, outcome, worker=res.worker, exc=exc, wait_s=wait_s
+        )
+
+    def _record_now(self, outcome: str) -> None:
+        """Record an attempt that has no round trip of its own to go with (a duplicate)."""
+        res = resources()
+        writes = self._attempt(outcome)
+        if res.client is None or not writes:
+            return
+        try:
+            pipe = res.client.pipeline(transaction=False)
+            for write in writes:
+                write(pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("attempt.not_recorded", error=str(exc))
 
     def _wait_for_lease(self, wait_s: float) -> NoReturn:
         """Another copy of this message is running: send this one back to look again once
@@ -254,11 +288,13 @@ class PipelineTask(Task):  # type: ignore[misc]
         """Retry after the shared backoff, with what the error says a retry must carry;
         re-raise ``exc`` (to be dead-lettered) when the retries are used up."""
         settings = resources().settings
+        kwargs = {**(self.request.kwargs or {}), **exc.replay_kwargs}
+        attempts.retrying_with(kwargs)
         raise self.retry(
             exc=exc,
             countdown=backoff_s(self.request.retries, settings, at_least_s=exc.retry_after_s),
             max_retries=settings.max_retries,
-            kwargs={**(self.request.kwargs or {}), **exc.replay_kwargs},
+            kwargs=kwargs,
         )
 
     def on_failure(
@@ -274,6 +310,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             attempts=self.request.retries + 1,
             task_id=task_id,
             chain=self.request.chain or None,
+            headers=headers_of(self.request) or None,
         )
         if (envelope := letter.envelope()) is not None:
             letter = dataclasses.replace(letter, received_at=envelope.received_at.isoformat())

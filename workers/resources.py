@@ -27,6 +27,7 @@ from pipeline.actions.resubmit import DEFAULT_NEVER_RETRY_CODES
 from pipeline.actions.signing import webhook_secret_bytes
 from pipeline.actions.targets import Target
 from pipeline.archive import Archive
+from pipeline.attempts import AttemptLog
 from pipeline.brokers.countdowns import Countdowns
 from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.kind import BrokerKind, kind_of, replicas_of
@@ -59,6 +60,8 @@ class Resources:
     archive: Archive | None = None
     # Tasks waiting for a countdown, on RabbitMQ's quorum queues (None: elsewhere).
     countdowns: Countdowns | None = None
+    # Where each run of a route's step is recorded (None: the archive is off, or no Redis).
+    attempts: AttemptLog | None = None
     # This worker: its host and main process (resources are built there, before the pool
     # forks), as its heartbeats and leases name it.
     worker: str = ""
@@ -101,6 +104,15 @@ class Resources:
                 else DEFAULT_NEVER_RETRY_CODES
             ),
             archive=Archive.configured(client, settings),
+            attempts=(
+                AttemptLog(
+                    client,
+                    retention_s=settings.archive_retention_s,
+                    max_jobs=settings.archive_max_entries,
+                )
+                if client is not None
+                else None
+            ),
             countdowns=(
                 Countdowns(client, replicas=replicas)
                 if client is not None and kind.keeps_countdowns(settings)
@@ -139,15 +151,28 @@ class Resources:
         task's last write can carry its task messages too."""
         return self.inflight is not None and self.inflight.client is self.client
 
-    def retried(self, task_id: str, attempt: int, owner: str) -> None:
-        """A task scheduled its next attempt: ``attempt`` is superseded, the lease free."""
+    def retried(
+        self,
+        task_id: str,
+        attempt: int,
+        owner: str,
+        *,
+        before: Sequence[Callable[[Any], None]] = (),
+    ) -> None:
+        """A task scheduled its next attempt: ``attempt`` is superseded, the lease free;
+        ``before`` as ``finished``'s."""
         if (runs := self.runs) is not None:
-            self._patiently("retry", task_id, lambda: runs.retried(task_id, attempt, owner))
+            self._patiently(
+                "retry", task_id, lambda: runs.retried(task_id, attempt, owner, before=before)
+            )
 
-    def released(self, task_id: str, owner: str) -> None:
-        """A task ended without finishing (it failed, or could not schedule its retry)."""
+    def released(
+        self, task_id: str, owner: str, *, before: Sequence[Callable[[Any], None]] = ()
+    ) -> None:
+        """A task ended without finishing (it failed, or could not schedule its retry);
+        ``before`` as ``finished``'s."""
         if (runs := self.runs) is not None:
-            self._patiently("release", task_id, lambda: runs.release(task_id, owner))
+            self._patiently("release", task_id, lambda: runs.release(task_id, owner, before=before))
 
     def _patiently(self, end: str, task_id: str, write: Callable[[], None]) -> None:
         """Write how a task ended; while Redis is away, keep trying for up to

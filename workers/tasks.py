@@ -23,7 +23,14 @@ from pipeline.ingest import ingest as ingest_envelope
 from pipeline.parsing.events import SOURCE_CALLBACK, Event
 from pipeline.routing import Route, RouteTable, table_for
 from workers.app import app
-from workers.base import LAST_STEP_HEADER, RECEIVED_AT_HEADER, ROUTE_HEADER, PipelineTask
+from workers.attempts import (
+    LAST_STEP_HEADER,
+    RECEIVED_AT_HEADER,
+    ROUTE_HEADER,
+    STEP_HEADER,
+    STEP_ID_HEADER,
+)
+from workers.base import PipelineTask
 from workers.metrics import worker_metrics
 from workers.reconcile import learn
 from workers.resources import resources
@@ -46,8 +53,8 @@ def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: date
     Each step's task id is derived from the callback's deduplication key (``Route.step_ids``),
     so if this dispatch happens twice (its worker died before recording it), the second copy
     of a step that already ran finds its completion record and does nothing. Each step's
-    headers name the route and when the callback was received; the last's say it is the
-    last (``workers.base``).
+    headers name the route, when the callback was received, the step's place and id; the
+    last's say it is the last (``workers.attempts``).
     """
     unknown = [name for name in route.chain if name not in app.tasks]
     if unknown:
@@ -65,6 +72,8 @@ def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: date
                 ROUTE_HEADER: route.name,
                 RECEIVED_AT_HEADER: received_at.isoformat(),
                 LAST_STEP_HEADER: i == len(route.chain) - 1,
+                STEP_HEADER: i,
+                STEP_ID_HEADER: task_id,
             },
         )
         for i, (name, task_id) in enumerate(zip(route.chain, route.step_ids(key), strict=True))

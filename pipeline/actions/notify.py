@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -26,6 +27,21 @@ USER_AGENT = "cicb-notify"
 
 # What became of one target: told, to be tried again, or refused for good.
 DELIVERED, FAILED, REFUSED = "delivered", "failed", "refused"
+# What is kept of a target's answer for the attempt record (before redaction).
+ANSWER_CHARS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One try of one target: what became of it, the status code the target answered (None:
+    no answer, ``error`` says why), how long it took and the start of its answer."""
+
+    target: Target
+    result: str
+    status: int | None
+    error: str | None
+    seconds: float
+    answer: str
 
 
 class _Undelivered(PipelineError):
@@ -58,23 +74,23 @@ class TargetsRejected(_Undelivered, PermanentError):
     """A target refused the event: dead-letter the ones not notified."""
 
 
-def deliver(
+def post(
     client: httpx.Client,
     target: Target,
     event: Event,
     *,
     webhook_key: bytes | None = None,
-) -> None:
-    """POST ``event`` to ``target``. Raises ``DeliveryError`` (retry) or ``DeliveryRejected``."""
+) -> httpx.Response:
+    """POST ``event`` to ``target``; its answer, whatever it says. Raises ``DeliveryError``
+    when there is none (timeout, connection)."""
     url, headers, body = build_request(target, event, webhook_key=webhook_key, now_s=time.time())
     try:
-        response = client.post(url, content=body, headers={**headers, "User-Agent": USER_AGENT})
+        return client.post(url, content=body, headers={**headers, "User-Agent": USER_AGENT})
     except httpx.TimeoutException as exc:
         raise DeliveryError(target.describe(), f"timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
         # The exception's text can hold the URL, and so a secret: keep only its type.
         raise DeliveryError(target.describe(), f"connection failed ({type(exc).__name__})") from exc
-    check_response(target, response)
 
 
 def notify(
@@ -83,10 +99,10 @@ def notify(
     event: Event,
     *,
     webhook_key: bytes | None = None,
-    on_result: Callable[[Target, str], None] | None = None,
+    on_result: Callable[[Delivery], None] | None = None,
 ) -> None:
     """Deliver to every target, trying them all before raising; ``on_result`` hears what
-    became of each (``DELIVERED``, ``FAILED`` or ``REFUSED``).
+    became of each (``Delivery``: ``DELIVERED``, ``FAILED`` or ``REFUSED``, with the answer).
 
     Raises ``TargetsRejected`` if any target refused the event, else ``TargetsPending``
     if any failed for now; either names the ids of the targets that were not notified.
@@ -94,17 +110,29 @@ def notify(
     retryable: list[tuple[Target, DeliveryError]] = []
     rejected: list[tuple[Target, DeliveryRejected]] = []
     for target in targets:
-        result = DELIVERED
+        started = time.perf_counter()
+        response: httpx.Response | None = None
+        result, error = DELIVERED, None
         try:
-            deliver(client, target, event, webhook_key=webhook_key)
+            response = post(client, target, event, webhook_key=webhook_key)
+            check_response(target, response)
         except DeliveryError as exc:
             retryable.append((target, exc))
-            result = FAILED
+            result, error = FAILED, (exc.reason if response is None else None)
         except DeliveryRejected as exc:
             rejected.append((target, exc))
             result = REFUSED
         if on_result is not None:
-            on_result(target, result)
+            on_result(
+                Delivery(
+                    target=target,
+                    result=result,
+                    status=response.status_code if response is not None else None,
+                    error=error,
+                    seconds=time.perf_counter() - started,
+                    answer=response.text[:ANSWER_CHARS] if response is not None else "",
+                )
+            )
     pending = [t.id for t, _ in rejected] + [t.id for t, _ in retryable]
     if rejected:
         raise TargetsRejected(pending, [e for _, e in rejected] + [e for _, e in retryable])

@@ -40,6 +40,9 @@ class DeadLetter:
     # The steps of its chain that had not run yet (Celery's request.chain), replayed with it.
     chain: list[dict[str, Any]] | None = None
     received_at: str | None = None
+    # The step's message headers (its route, received time, place in the chain), sent again
+    # with its replay so it counts under its route.
+    headers: dict[str, Any] | None = None
     failed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 

@@ -53,8 +53,12 @@ class Publisher:
         *,
         queue_name: str,
         chain: list[dict[str, Any]] | None = None,
+        headers: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        retries: int = 0,
     ) -> str:
-        """Publish one task message (``chain``: the steps to run after it).
+        """Publish one task message (``chain``: the steps to run after it; ``headers``: its
+        message headers; ``task_id`` and ``retries``: a given message's, sent again).
 
         Returns the task id; raises ``BrokerUnavailable``.
         """
@@ -65,6 +69,9 @@ class Publisher:
                 kwargs=kwargs or {},
                 queue=queue_name,
                 chain=chain,
+                headers=headers or None,
+                task_id=task_id,
+                retries=retries,
                 # A node that takes the message and never confirms it (cut off, stuck) is
                 # given up on: the retry policy tries the next node, then the caller is told.
                 timeout=PUBLISH_TIMEOUT_S,

@@ -67,7 +67,12 @@ def dlq_replay(dead_letter_id: str | None, replay_all: bool) -> None:
 
     def resend(letter: DeadLetter) -> None:
         publisher.send(
-            letter.task, letter.args, letter.kwargs, queue_name=letter.queue, chain=letter.chain
+            letter.task,
+            letter.args,
+            letter.kwargs,
+            queue_name=letter.queue,
+            chain=letter.chain,
+            headers=letter.headers,
         )
 
     count = guarded(lambda: _dead_letters(settings).replay(resend, dead_letter_id))

@@ -68,7 +68,12 @@ def queries_of(settings: Settings, workers_online: Callable[[], list[str]] | Non
 
         def send(letter: DeadLetter) -> None:
             publisher.send(
-                letter.task, letter.args, letter.kwargs, queue_name=letter.queue, chain=letter.chain
+                letter.task,
+                letter.args,
+                letter.kwargs,
+                queue_name=letter.queue,
+                chain=letter.chain,
+                headers=letter.headers,
             )
 
         return send, publisher.close
