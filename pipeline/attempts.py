@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from pipeline.errors import PermanentError
+from pipeline.routing import RouteTable
 from pipeline.scripts import queue_script
 
 PREFIX = "cicb:attempts:"
@@ -289,3 +290,52 @@ class AttemptLog:
 
 def now_iso(moment_s: float) -> str:
     return datetime.fromtimestamp(moment_s, UTC).isoformat()
+
+
+class Sender(Protocol):
+    def send(
+        self,
+        task: str,
+        args: list[Any] | tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue_name: str,
+        chain: list[dict[str, Any]] | None = None,
+        headers: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        retries: int = 0,
+    ) -> str: ...
+
+
+def retry_now(log: AttemptLog, task_id: str, publisher: Sender) -> Waiting:
+    """Send the message of the step waiting for its retry (task id ``task_id``) now: the
+    same task id, arguments, attempt number, headers and chain. Its copy waiting for the
+    countdown finds it done, later, and does nothing. Raises ``NotWaiting``,
+    ``BrokerUnavailable``."""
+    waiting = log.waiting_task(task_id)
+    publisher.send(
+        waiting.task,
+        waiting.args,
+        waiting.kwargs,
+        queue_name=waiting.queue,
+        chain=waiting.chain,
+        headers=waiting.headers,
+        task_id=waiting.task_id,
+        retries=waiting.retries,
+    )
+    return waiting
+
+
+def route_steps(events: Iterable[dict[str, Any]], table: RouteTable) -> dict[str, str]:
+    """The step ids of the routes the events of one archived callback started (each event
+    as the archive keeps it: ``route``, ``outcome``, ``key``), to their job or run id."""
+    routes = {r.name: r for r in table.routes}
+    found: dict[str, str] = {}
+    for event in events:
+        route = routes.get(event.get("route") or "")
+        job_id = event.get("job_id") or event.get("run_id")
+        if route is None or not event.get("key") or not job_id:
+            continue
+        for step_id in route.step_ids(event["key"]):
+            found[step_id] = job_id
+    return found

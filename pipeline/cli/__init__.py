@@ -11,7 +11,7 @@ import sys
 import click
 
 from pipeline import logs
-from pipeline.cli import archive, callbacks, dlq, run
+from pipeline.cli import archive, attempts, callbacks, dlq, run
 from pipeline.cli.ci import ci as ci_command
 from pipeline.cli.console import console as console_command
 from pipeline.cli.doctor import doctor as doctor_command
@@ -48,3 +48,4 @@ main.add_command(archive.replay)
 main.add_command(console_command)
 main.add_command(ci_command)
 main.add_command(doctor_command)
+main.add_command(attempts.attempts)

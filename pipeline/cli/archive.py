@@ -22,6 +22,7 @@ import redis
 from pipeline import logs
 from pipeline.archive import Archive, ArchiveEntry, Filters, NotArchived
 from pipeline.brokers.kind import kind_of
+from pipeline.cli.attempts import attempts_json
 from pipeline.cli.common import fail, guarded, print_json, settings_or_exit, time_option
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
@@ -127,14 +128,17 @@ def archive_list(filters: Filters, limit: int, as_json: bool) -> None:
 @click.argument("entry_id")
 @click.option("--body", is_flag=True, help="Write only the raw body, byte for byte.")
 def archive_show(entry_id: str, body: bool) -> None:
-    """Print one archived callback as JSON (its body as text when it is UTF-8)."""
-    store = open_archive(settings_or_exit())
+    """Print one archived callback as JSON (its body as text when it is UTF-8), with the
+    attempts of its routes' steps (as `cicb attempts ID --json` says them)."""
+    settings = settings_or_exit()
+    store = open_archive(settings)
     entry: ArchiveEntry = read(lambda: store.get(entry_id))
     if body:
         sys.stdout.buffer.write(entry.body)
         sys.stdout.buffer.flush()
         return
-    print_json(entry.to_json(text_body=True))
+    shown = read(lambda: attempts_json(settings, entry_id))
+    print_json({**entry.to_json(text_body=True), "attempts": shown["jobs"]})
 
 
 @archive.command("export")

@@ -48,6 +48,10 @@ TIER_SETTINGS = {
     "CICB_LOG_FORMAT": "json",
     # The tier runs in the test process: its metrics stay in it (read with Tier.count).
     "CICB_WORKER_METRICS_PORT": "0",
+    # Every notification is signed: a worker that stopped signing fails the tier.
+    "CICB_NOTIFY_SECRET": "whsec_dGllci13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5",
+    # A target that stalls is seen to time out within a test.
+    "CICB_NOTIFY_TIMEOUT_S": "2",
 }
 QUEUES = ("ingest", "actions", "dead_letter")
 
@@ -55,11 +59,12 @@ QUEUES = ("ingest", "actions", "dead_letter")
 @dataclass
 class Targets:
     """Two notify targets (``/a`` and ``/b``) on one HTTP server, answering what they are
-    told, path by path, and recording every request with its arrival time."""
+    told, path by path (a status, headers and a body, after a stall), and recording every
+    request with its headers and arrival time."""
 
     base_url: str
     received: list[dict[str, Any]] = field(default_factory=list)
-    replies: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    replies: dict[str, list[tuple[int, dict[str, str], bytes, float]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -73,13 +78,32 @@ class Targets:
 
     def reply(self, path: str, *answers: tuple[int, dict[str, str]]) -> None:
         """Answer the next requests to ``path`` with these (status, headers); 200 after."""
-        with self.lock:
-            self.replies.setdefault(path, []).extend(answers)
+        for status, headers in answers:
+            self.reply_with(path, status, headers=headers)
 
-    def answer(self, path: str) -> tuple[int, dict[str, str]]:
+    def reply_with(
+        self,
+        path: str,
+        status: int,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        stall_s: float = 0.0,
+    ) -> None:
+        """Answer the next request to ``path`` (after those queued) with this, ``stall_s``
+        late."""
+        with self.lock:
+            self.replies.setdefault(path, []).append((status, headers or {}, body, stall_s))
+
+    def answer(self, path: str) -> tuple[int, dict[str, str], bytes, float]:
         with self.lock:
             queued = self.replies.get(path)
-            return queued.pop(0) if queued else (200, {})
+            return queued.pop(0) if queued else (200, {}, b"", 0.0)
+
+    def requests(self, path: str) -> list[dict[str, Any]]:
+        """Every request to ``path``: its headers, body and arrival time."""
+        with self.lock:
+            return [dict(r) for r in self.received if r["path"] == path]
 
     def paths(self, job_id: str | None = None) -> list[str]:
         """The path of every request, in arrival order (for one job's events if given)."""
@@ -99,16 +123,27 @@ def _serve(targets: Targets, server: ThreadingHTTPServer) -> None:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            status, headers = targets.answer(self.path)
+            status, headers, reply, stall_s = targets.answer(self.path)
             with targets.lock:
                 targets.received.append(
-                    {"path": self.path, "body": body, "status": status, "at": time.time()}
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": body,
+                        "status": status,
+                        "at": time.time(),
+                    }
                 )
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            time.sleep(stall_s)
+            try:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+            except OSError:
+                pass  # the worker gave up waiting
 
         def log_message(self, *args: Any) -> None:
             pass
