@@ -7,14 +7,14 @@ error's class and reason, and what the action says of itself (``detail``: for ``
 each target tried with the status code or network error, the time it took and the first
 KiB of its answer, secrets redacted).
 
-The records of one job (or workflow run) are a Redis list, ``cicb:attempts:<job id>``,
+The records of one job (or workflow run) are a Redis list, ``cicb:step-attempts:<job id>``,
 newest first, in the Redis of the workers' shared state. A record is written by a script
 queued on the pipeline that writes the step's completion record (``TaskRuns.finish``) or
 its retry's (``TaskRuns.retried``, ``release``): no round trip of its own. The same script
 trims like the archive: each list expires ``CICB_ARCHIVE_RETENTION_S`` after its last
 record, and at most ``CICB_ARCHIVE_MAX_ENTRIES`` jobs are kept (the oldest go first).
 
-A step waiting for its retry is also in ``cicb:attempts-waiting`` (its task id -> the
+A step waiting for its retry is also in ``cicb:step-attempts-waiting`` (its task id -> the
 retry's message) until its next run records anything: the console counts them, and
 ``retry_now`` publishes that message at once (the copy waiting for its countdown then finds
 the step done and does nothing).
@@ -35,9 +35,9 @@ from pipeline.errors import PermanentError
 from pipeline.routing import RouteTable
 from pipeline.scripts import queue_script
 
-PREFIX = "cicb:attempts:"
-INDEX_KEY = "cicb:attempts-index"
-WAITING_KEY = "cicb:attempts-waiting"
+PREFIX = "cicb:step-attempts:"
+INDEX_KEY = "cicb:step-attempts-index"
+WAITING_KEY = "cicb:step-attempts-waiting"
 # Records kept per job: a job's routes are a few steps, each retried a few times.
 MAX_PER_JOB = 200
 # What is kept of a target's answer.

@@ -61,6 +61,7 @@ ALLOWED = {
         "pipeline.parsing",
         "pipeline.routing",
         "pipeline.archive",
+        "pipeline.attempts",
         "pipeline.brokers",
         "pipeline.reconcile.store",
         "pipeline.actions.resubmit",

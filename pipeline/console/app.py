@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from pipeline import logs
 from pipeline.console import (
+    views_attempts,
     views_callbacks,
     views_dead_letters,
     views_overview,
@@ -74,6 +75,8 @@ def create_app(
         Route("/callbacks/{entry_id}", views_callbacks.callback, methods=["GET"]),
         Route("/callbacks/{entry_id}/body", views_callbacks.callback_body, methods=["GET"]),
         Route("/jobs/{job_id}", views_callbacks.timeline, methods=["GET"]),
+        Route("/steps/{task_id}/retry-now", views_attempts.confirm_retry_now, methods=["GET"]),
+        Route("/steps/{task_id}/retry-now", views_attempts.retry_now, methods=["POST"]),
         Route("/dead-letters", views_dead_letters.dead_letters, methods=["GET"]),
         Route("/dead-letters/replay", views_dead_letters.confirm_replay, methods=["GET"]),
         Route("/dead-letters/replay", views_dead_letters.replay, methods=["POST"]),

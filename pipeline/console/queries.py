@@ -4,6 +4,7 @@ thread."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import redis
 
 from pipeline.actions.resubmit import AttemptStore
 from pipeline.archive import Archive, ArchiveEntry, Filters, Page
+from pipeline.attempts import AttemptLog, Sender, StepAttempts, Waiting, by_step, retry_now
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue, NotFound
 from pipeline.brokers.depths import Depths, QueueDepths
 from pipeline.errors import PipelineError
@@ -105,6 +107,9 @@ class Step:
     # published again), "not started".
     outcome: str
     letter: DeadLetter | None = None
+    # Its runs, newest first (None: none kept), and when its retry is due if it waits.
+    attempts: StepAttempts | None = None
+    waiting_until: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,8 @@ class Overview:
     workers_error: str | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     archived: int | None = None
+    # Steps waiting for their retry (None: unknown, no Redis).
+    waiting_retries: int | None = None
     redis_error: str | None = None
 
 
@@ -144,6 +151,8 @@ class Queries:
         workers_online: Callable[[], list[str]],
         resend: Callable[[], tuple[Resend, Callable[[], None]]],
         step_states: Callable[[list[str]], dict[str, str]] = lambda ids: {},
+        attempt_log: AttemptLog | None = None,
+        sender: Callable[[], tuple[Sender, Callable[[], None]]] | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
@@ -155,6 +164,8 @@ class Queries:
         self._workers_online = workers_online
         self._resend = resend
         self._step_states = step_states
+        self.attempt_log = attempt_log
+        self._sender = sender
         self.scan_limit = settings.console_scan_limit
 
     # -- overview ---------------------------------------------------------------------------
@@ -174,6 +185,8 @@ class Queries:
                 view.outcomes_complete = outcomes.total() <= self.scan_limit
                 view.outcomes = dict(outcomes.most_common())
                 view.archived = self.archive.count()
+            if self.attempt_log is not None:
+                view.waiting_retries = self.attempt_log.waiting_count()
             if self.reconcile is not None:
                 view.passes = self.reconcile.last_passes(MAX_ROWS)
         except redis.RedisError as exc:
@@ -225,6 +238,7 @@ class Queries:
             for event, route in zip(events, started, strict=True)
         ]
         states = self._step_states([i for ids in step_ids for i in ids])
+        runs, waiting = self._attempts(events, [i for ids in step_ids for i in ids])
         for event, route, task_ids in zip(events, started, step_ids, strict=True):
             steps: list[Step] = []
             ids, stopped = event_ids(event), False
@@ -238,8 +252,42 @@ class Queries:
                 else:
                     state = states.get(task_ids[n]) if task_ids else None
                     steps.append(Step(task, state or "no dead letter"))
+                if task_ids and (kept := runs.get(task_ids[n])) is not None:
+                    due = waiting.get(kept.attempts[0].task_id)
+                    steps[-1] = dataclasses.replace(steps[-1], attempts=kept, waiting_until=due)
             found.append(steps)
         return found
+
+    def _attempts(
+        self, events: tuple[dict[str, Any], ...], step_ids: list[str]
+    ) -> tuple[dict[str, StepAttempts], dict[str, str]]:
+        """The attempts of these steps (by step id), and when the retries of those waiting
+        are due (by task id)."""
+        if self.attempt_log is None or not step_ids:
+            return {}, {}
+        jobs = [i for e in events for i in sorted(event_ids(e))]
+        wanted = set(step_ids)
+        kept = [a for found in self.attempt_log.of_jobs(jobs).values() for a in found]
+        runs = {s.step_id: s for s in by_step(a for a in kept if a.step_id in wanted)}
+        waiting = {w.task_id: w.due_at for w in self.attempt_log.waiting()}
+        return runs, waiting
+
+    def waiting(self, task_id: str) -> Waiting:
+        """The step waiting for its retry with task id ``task_id``; raises ``NotWaiting``,
+        ``LookupError`` without Redis."""
+        if self.attempt_log is None:
+            raise LookupError("attempts live in Redis: set CICB_REDIS_URL")
+        return self.attempt_log.waiting_task(task_id)
+
+    def retry_now(self, task_id: str) -> Waiting:
+        """Send the step waiting for its retry now, as ``cicb attempts retry-now``."""
+        if self.attempt_log is None or self._sender is None:
+            raise LookupError("attempts live in Redis: set CICB_REDIS_URL")
+        sender, close = self._sender()
+        try:
+            return retry_now(self.attempt_log, task_id, sender)
+        finally:
+            close()
 
     # -- a job's timeline ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from pipeline.actions.resubmit import AttemptStore
 from pipeline.archive import Archive
+from pipeline.attempts import AttemptLog, Sender
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.depths import QueueDepths
 from pipeline.brokers.kind import kind_of
@@ -78,6 +79,10 @@ def queries_of(settings: Settings, workers_online: Callable[[], list[str]] | Non
 
         return send, publisher.close
 
+    def sender() -> tuple[Sender, Callable[[], None]]:
+        publisher = kind.publisher(settings)
+        return publisher, publisher.close
+
     return Queries(
         settings,
         archive=Archive.configured(client, settings),
@@ -93,6 +98,16 @@ def queries_of(settings: Settings, workers_online: Callable[[], list[str]] | Non
         workers_online=workers_online or workers_online_of(settings),
         resend=resend,
         step_states=step_states_of(settings, client),
+        attempt_log=(
+            AttemptLog(
+                client,
+                retention_s=settings.archive_retention_s,
+                max_jobs=settings.archive_max_entries,
+            )
+            if client is not None
+            else None
+        ),
+        sender=sender,
     )
 
 

@@ -79,6 +79,8 @@ def timeline(request: Request) -> Response:
         "timeline.html",
         job_id=job_id,
         items=items,
+        steps=queries.steps(tuple(item.event for item in items)),
+        sent=request.query_params.get("sent"),
         partial=partial,
         attempt=attempt,
         resubmissions=resubmissions,
