@@ -114,6 +114,7 @@ _HISTOGRAMS = {
     "cicb_task_duration_seconds": {"task"},
     "cicb_callback_latency_seconds": {"route"},
     "cicb_delivery_delay_seconds": {"tag"},
+    "cicb_notification_seconds": {"kind"},
 }
 METRICS: dict[str, set[str]] = {
     "up": set(),
@@ -126,6 +127,7 @@ METRICS: dict[str, set[str]] = {
     "cicb_tasks_total": {"task", "route", "outcome", "error"},
     "cicb_callbacks_total": {"route", "outcome"},
     "cicb_notifications_total": {"kind", "result"},
+    "cicb_notification_status_total": {"kind", "code"},
     "cicb_copied_objects_total": {"result"},
     "cicb_copied_bytes_total": set(),
     "cicb_resubmissions_total": {"result"},
