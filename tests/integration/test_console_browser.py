@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -194,3 +195,97 @@ def test_find_a_job_see_its_route_replay_and_purge_a_dead_letter(
     for path in ("/", f"/jobs/{JOB_ID}", "/routes"):
         stranger.goto(f"{url}{path}")
         expect(stranger).to_have_url(f"{url}/signin")
+
+
+SNAPSHOT_JOB = "j8a8e3b2af86c11ec8c5d0b03267ce0e5"  # snapshot_success.xml's
+
+
+def attempts_of(stack: Stack, job_id: str) -> list[dict[str, object]]:
+    shown = json.loads(stack.cli("attempts", job_id, "--json").stdout)
+    return [step for job in shown["jobs"] for step in job["steps"]]
+
+
+@pytest.fixture
+def patient_console(
+    make_stack: Callable[..., Stack], target: Target, tmp_path: Path
+) -> Iterator[tuple[Stack, str]]:
+    """A stack whose retries may wait 10 minutes (a target's Retry-After), and its console."""
+    stack = make_stack(CICB_NOTIFY_URLS=target.url, CICB_RETRY_BACKOFF_MAX_S="900")
+    port = free_port()
+    env = {**stack.env, "CICB_CONSOLE_PORT": str(port), "CICB_CONSOLE_TOKEN": CONSOLE_TOKEN}
+    process = Process([CICB, "console"], env, tmp_path / "console.log").start()
+    url = f"http://127.0.0.1:{port}"
+    started(process, lambda: httpx.get(f"{url}/healthz").status_code == 200, what="console up")
+    yield stack, url
+    process.stop()
+
+
+def test_a_callbacks_attempts_with_their_answers_and_retry_now_on_a_waiting_step(
+    browser: Browser,
+    patient_console: tuple[Stack, str],
+    target: Target,
+    shoot: Callable[[Page, str], None],
+) -> None:
+    stack, url = patient_console
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{url}/signin")
+    page.fill("#token", CONSOLE_TOKEN)
+    page.click("button:has-text('Sign in')")
+    expect(page).to_have_url(f"{url}/")
+
+    # Refused once with 503, then accepted: two attempts, newest first, each answer a click away.
+    target.replies.append((503, b"busy: try again in a moment", {}))
+    target.replies.append((200, b'{"received": true}', {}))
+    assert stack.post((SAMPLES / "tts_success.xml").read_bytes()).status_code == 200
+    target.wait_for(1)
+    wait_until(
+        lambda: [s["state"] for s in attempts_of(stack, JOB_ID)] == ["done"],
+        timeout_s=30,
+        what="the notification done",
+    )
+    page.goto(f"{url}/jobs/{JOB_ID}")
+    expect(page.locator("table.list tr").nth(1)).to_contain_text("cicb.notify: done after 2 tries")
+    page.locator("table.list tr").nth(1).locator("a").last.click()
+    rows = page.locator("table.attempts tr.attempt")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0).locator(".status")).to_have_text("200")
+    expect(rows.nth(1).locator(".status")).to_have_text("503")
+    expect(rows.nth(1)).to_contain_text("retried")
+    answer = rows.nth(1).locator("pre.answer")
+    expect(answer).to_be_hidden()
+    rows.nth(1).locator("summary").click()
+    expect(answer).to_have_text("busy: try again in a moment")
+    shoot(page, "callback-attempts")
+
+    # A target that asks for 10 minutes: the step waits, and "retry now" sends it at once.
+    target.replies.append((503, b"maintenance", {"Retry-After": "600"}))
+    assert stack.post((SAMPLES / "snapshot_success.xml").read_bytes()).status_code == 200
+    wait_until(
+        lambda: any(s["waiting_until"] for s in attempts_of(stack, SNAPSHOT_JOB)),
+        timeout_s=30,
+        what="the notification waiting for its retry",
+    )
+    tried = len(target.received)
+    page.goto(f"{url}/")
+    expect(page.locator(".waiting-retries")).to_have_text("1 step(s) waiting for a retry.")
+    page.goto(f"{url}/jobs/{SNAPSHOT_JOB}")
+    expect(page.locator("table.list tr").nth(1)).to_contain_text("waiting for its retry")
+    page.locator("table.list tr").nth(1).locator("a").last.click()
+    expect(page.locator(".waiting")).to_contain_text("waiting for its retry")
+    shoot(page, "callback-waiting")
+    page.click("text=Retry now…")
+    expect(page.locator("strong.count")).to_have_text("2")
+    shoot(page, "confirm-retry-now")
+    asked = time.time()
+    page.click("button:has-text('Retry now')")
+    expect(page.get_by_role("status")).to_have_text("Sent cicb.notify now.")
+    wait_until(lambda: len(target.received) > tried, timeout_s=5, what="the retry, sent now")
+    assert target.received[-1]["at"] - asked < 5
+    assert SNAPSHOT_JOB in target.received[-1]["body"].decode()
+    wait_until(
+        lambda: [s["state"] for s in attempts_of(stack, SNAPSHOT_JOB)] == ["done"],
+        timeout_s=10,
+        what="the step done",
+    )
+    page.reload()
+    expect(page.locator("table.list tr").nth(1)).to_contain_text("cicb.notify: done after 2 tries")
