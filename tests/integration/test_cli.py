@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +17,7 @@ from tests.support import (
     SAMPLES,
     TOKEN,
     Process,
+    Stack,
     Target,
     cicb_env,
     run_cli,
@@ -44,9 +48,12 @@ def test_help_lists_every_command(env: dict[str, str]) -> None:
         "console",
         "ci",
         "doctor",
+        "attempts",
     }
     ci = run_cli("ci", "--help", env=env).stdout
     assert commands_listed(ci) == {"queues", "connect"}
+    attempts = run_cli("attempts", "--help", env=env).stdout
+    assert commands_listed(attempts) == {"show", "retry-now"}
     dlq = run_cli("dlq", "--help", env=env).stdout
     assert commands_listed(dlq) == {"list", "show", "replay", "purge"}
     archive = run_cli("archive", "--help", env=env).stdout
@@ -167,3 +174,29 @@ def test_cicb_finds_route_modules_from_the_current_directory(
         ["SmartCover"],
         ["cicb.notify"],
     )
+
+
+def test_attempts_retry_now_sends_a_waiting_step_at_once(
+    make_stack: Callable[..., Stack], target: Target
+) -> None:
+    stack = make_stack(CICB_NOTIFY_URLS=target.url, CICB_RETRY_BACKOFF_MAX_S="900")
+    target.replies.append((503, b"maintenance", {"Retry-After": "600"}))
+    assert stack.post((SAMPLES / "tts_success.xml").read_bytes()).status_code == 200
+    job_id = "j707f4864f86811ecb90d0b03267ce0e5"
+
+    def waiting() -> dict[str, Any] | None:
+        shown = json.loads(stack.cli("attempts", job_id, "--json").stdout)
+        found = [s for job in shown["jobs"] for s in job["steps"] if s["waiting_until"]]
+        return found[0] if found else None
+
+    step = wait_until(waiting, timeout_s=30, what="the step waiting for its retry")
+    task_id = step["attempts"][0]["task_id"]
+    assert stack.cli("attempts", "retry-now", "nothing", check=False).returncode == 1
+    asked = time.time()
+    sent = stack.cli("attempts", "retry-now", task_id)
+    assert f"sent cicb.notify {task_id} (try 2) now" in sent.stdout
+    wait_until(lambda: len(target.received) == 2, timeout_s=5, what="the retry, sent now")
+    assert target.received[1]["at"] - asked < 5
+    assert target.received[1]["status"] == 200
+    text = stack.cli("attempts", job_id).stdout
+    assert re.search(r"cicb.notify \(route job-succeeded step 0\): done, 2 attempt\(s\)", text)

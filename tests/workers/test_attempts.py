@@ -145,3 +145,19 @@ def test_a_replayed_dead_letter_keeps_its_route(tier: Tier) -> None:
     step = notify_step("jreplayed")
     assert [a["outcome"] for a in step["attempts"]] == ["done", "dead_lettered"]
     assert step["attempts"][0]["task_id"] != step["attempts"][1]["task_id"]
+
+
+def test_a_callbacks_attempts_by_its_archive_id_and_in_archive_show(tier: Tier) -> None:
+    tier.targets.reply_with("/a", 500, body=b"oops")
+    tier.ingest(tier.callback("jarchived"))
+    tier.idle()
+    listed = CliRunner().invoke(cicb, ["archive", "list", "--job-id", "jarchived", "--json"])
+    [entry] = json.loads(listed.output)["entries"]
+    [job] = attempts(entry["id"])["jobs"]
+    assert job["job_id"] == "jarchived"
+    [step] = job["steps"]
+    assert [a["outcome"] for a in step["attempts"]] == ["done", "retried"]
+    shown = json.loads(CliRunner().invoke(cicb, ["archive", "show", entry["id"]]).output)
+    assert shown["attempts"] == [job]
+    # Another callback of another job: none of its steps.
+    assert attempts("jnothing") == {"id": "jnothing", "jobs": [{"job_id": "jnothing", "steps": []}]}
