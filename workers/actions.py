@@ -14,7 +14,6 @@ import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -82,11 +81,8 @@ def settings_redactor() -> Callable[[str], str]:
 
 
 def redactor(target: Target) -> Callable[[str], str]:
-    """What hides a target's secrets in its answer: its URL, path and query (robot keys,
-    tokens), its signing secret and the settings' secrets."""
-    parts = urlsplit(target.url)
-    own = [target.url, parts.path if len(parts.path) > 1 else "", parts.query, target.secret or ""]
-    own = sorted({s for s in own if s}, key=len, reverse=True)
+    """What hides a target's secrets (``Target.secrets``) and the settings' in its answer."""
+    own = target.secrets()
     redact_settings = settings_redactor()
 
     def redact(text: str) -> str:

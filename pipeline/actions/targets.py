@@ -35,6 +35,8 @@ RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 RATE_LIMIT_CODES = {"wecom": {45009}, "dingtalk": {130101}, "feishu": {11232}, "lark": {11232}}
 
 MAX_LISTED_OUTPUTS = 10
+# A part of a target's path or query this long is taken for a token.
+MIN_SECRET_CHARS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,16 @@ class Target:
     def describe(self) -> str:
         """Safe to log: kind, host and id, never the path or query that hold secrets."""
         return f"{self.kind}:{urlsplit(self.url).hostname}#{self.id}"
+
+    def secrets(self) -> tuple[str, ...]:
+        """What of this target a text must not show, longest first: its URL, its query and
+        each value in it (robot keys, access tokens), the token-like parts of its path
+        (``MIN_SECRET_CHARS`` or longer) and its signing secret."""
+        parts = urlsplit(self.url)
+        found = [self.url, parts.query, self.secret or ""]
+        found += [v for _, v in parse_qsl(parts.query) if len(v) >= MIN_SECRET_CHARS]
+        found += [p for p in parts.path.split("/") if len(p) >= MIN_SECRET_CHARS]
+        return tuple(sorted({s for s in found if s}, key=len, reverse=True))
 
 
 def _summary(event: Event) -> tuple[str, list[str]]:

@@ -258,3 +258,19 @@ def test_every_kind_of_event_is_sent_whole_and_summed_up_from_its_own_fields(
     assert "code:" not in run_text
     assert review_text.startswith("*CI ReviewImage Failed: tr42*")
     assert "code: 4001" in review_text and "message: image download failed" in review_text
+
+
+def test_a_targets_secrets_are_its_url_its_tokens_and_its_signing_secret() -> None:
+    wecom = NotifyTarget.parse(
+        "wecom+https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=KEY0123456789"
+    )
+    assert "KEY0123456789" in wecom.secrets()
+    assert "send" not in wecom.secrets()  # a short path part is not a token
+    hook = NotifyTarget.parse("https://example.com/hooks/tok3n-0123456789abcdef?x=1")
+    assert "tok3n-0123456789abcdef" in hook.secrets()
+    assert "hooks" not in hook.secrets()
+    feishu = NotifyTarget.parse(
+        "feishu+https://open.feishu.cn/open-apis/bot/v2/hook/ID?secret=SEC1234"
+    )
+    assert "SEC1234" in feishu.secrets()
+    assert hook.secrets()[0] == hook.url  # longest first: the whole URL goes before its parts

@@ -67,8 +67,9 @@ def test_a_notification_refused_once_then_accepted_gives_two_attempts_with_the_a
     assert (step["route"], step["step"], step["state"]) == ("job-succeeded", 0, "done")
     second, first = step["attempts"]  # newest first
     assert (first["attempt"], first["outcome"], first["error"]) == (1, "retried", "TargetsPending")
-    assert 0 < first["wait_s"] <= 2  # the tier's CICB_RETRY_BACKOFF_MAX_S
-    assert first["due_at"] > first["ended_at"]
+    # Full jitter: anything up to the tier's first backoff (1 s), never over its cap (2 s).
+    assert 0 <= first["wait_s"] <= 2
+    assert first["due_at"] >= first["ended_at"]
     refused = target_of(first, b)
     assert (refused["status"], refused["answer"], refused["retried"]) == (
         503,
@@ -161,3 +162,16 @@ def test_a_callbacks_attempts_by_its_archive_id_and_in_archive_show(tier: Tier) 
     assert shown["attempts"] == [job]
     # Another callback of another job: none of its steps.
     assert attempts("jnothing") == {"id": "jnothing", "jobs": [{"job_id": "jnothing", "steps": []}]}
+
+
+def test_an_answer_is_kept_to_its_first_kib_with_the_secrets_replaced(tier: Tier) -> None:
+    secret = os.environ["CICB_NOTIFY_SECRET"]
+    tier.targets.reply_with("/a", 200, body=f"echo {secret} ".encode() + b"x" * 3000)
+    tier.ingest(tier.callback("jlong"))
+    tier.idle()
+    [attempt] = notify_step("jlong")["attempts"]
+    a, _ = tier.targets.urls
+    kept = target_of(attempt, a)["answer"]
+    assert kept.startswith("echo *** xxx")
+    assert secret not in kept
+    assert len(kept.encode()) <= 1024
