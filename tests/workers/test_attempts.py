@@ -175,3 +175,17 @@ def test_an_answer_is_kept_to_its_first_kib_with_the_secrets_replaced(tier: Tier
     assert kept.startswith("echo *** xxx")
     assert secret not in kept
     assert len(kept.encode()) <= 1024
+
+
+def test_a_second_copy_of_a_done_step_is_recorded_as_skipped(tier: Tier) -> None:
+    from workers.actions import notify
+
+    event = {"event": "TaskFinish", "job_id": "jtwice", "tag": "Tts", "state": "Success"}
+    notify.apply_async((event,), task_id="step-twice")
+    tier.idle()
+    notify.apply_async((event,), task_id="step-twice")
+    tier.idle()
+    step = notify_step("jtwice")
+    assert [a["outcome"] for a in step["attempts"]] == ["skipped", "done"]
+    assert step["attempts"][0]["detail"] == {}  # it notified nobody
+    assert sorted(tier.targets.paths("jtwice")) == ["/a", "/b"]
