@@ -121,15 +121,6 @@ class Attempt:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def line(self) -> str:
-        """One line for a person: when, which try, how it ended and why."""
-        what = self.outcome
-        if self.wait_s is not None:
-            what += f" (next in {self.wait_s:.1f} s)"
-        if self.error:
-            what += f" {self.error}: {self.reason}"
-        return f"{self.ended_at}  try {self.attempt}  {what}  [{self.seconds * 1000:.0f} ms]"
-
 
 @dataclass(frozen=True, slots=True)
 class Waiting:
@@ -237,14 +228,7 @@ class AttemptLog:
     def of_job(self, job_id: str) -> list[Attempt]:
         """Every attempt kept for ``job_id``'s steps, newest first. Raises
         ``redis.RedisError``."""
-        raw = self._redis.lrange(PREFIX + job_id, 0, -1)
-        found = []
-        for item in raw:
-            try:
-                found.append(Attempt.from_json(json.loads(item)))
-            except (TypeError, ValueError):
-                continue  # written by another version: not shown
-        return found
+        return self.of_jobs([job_id])[job_id]
 
     def of_jobs(self, job_ids: Iterable[str]) -> dict[str, list[Attempt]]:
         """``of_job`` for several jobs, in one round trip."""

@@ -52,8 +52,6 @@ from workers.attempts import LAST_STEP_HEADER, RECEIVED_AT_HEADER, ROUTE_HEADER,
 from workers.metrics import worker_metrics
 from workers.resources import resources
 
-__all__ = ["LAST_STEP_HEADER", "RECEIVED_AT_HEADER", "ROUTE_HEADER", "PipelineTask", "backoff_s"]
-
 log = logs.get_logger("cicb.task")
 
 
