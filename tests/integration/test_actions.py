@@ -96,6 +96,13 @@ def test_success_is_notified_then_its_output_copied(
     route = {"route": "job-succeeded", "outcome": "done"}
     assert metric(samples, "cicb_tasks_total", task="cicb.copy_output", **route) == 1
     assert metric(samples, "cicb_callback_latency_seconds_count", route="job-succeeded") == 1
+    # Its attempts say what was copied: one object, its bytes, nothing skipped.
+    shown = json.loads(actions_stack.cli("attempts", "jcopy0001", "--json").stdout)
+    [copy_step] = [s for s in shown["jobs"][0]["steps"] if s["task"] == "cicb.copy_output"]
+    [copy] = copy_step["attempts"]
+    assert (copy["outcome"], copy["step"]) == ("done", 1)
+    assert (copy["detail"]["copied"], copy["detail"]["skipped"]) == (1, 0)
+    assert copy["detail"]["copied_bytes"] == len(MEDIA)
 
 
 def test_a_missing_output_is_dead_lettered_with_a_clear_reason(

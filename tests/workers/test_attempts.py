@@ -189,3 +189,21 @@ def test_a_second_copy_of_a_done_step_is_recorded_as_skipped(tier: Tier) -> None
     assert [a["outcome"] for a in step["attempts"]] == ["skipped", "done"]
     assert step["attempts"][0]["detail"] == {}  # it notified nobody
     assert sorted(tier.targets.paths("jtwice")) == ["/a", "/b"]
+
+
+def test_retry_job_and_resubmit_job_say_what_they_decided_and_the_new_job(tier: Tier) -> None:
+    from tests.workers.test_resubmit_task import FAILED, FAILED_JOB_ID
+
+    tier.ingest(FAILED)
+    wait_until(lambda: tier.redis.get(f"cicb:resubmitted:{FAILED_JOB_ID}"), what="the new job")
+    tier.idle()
+    new_job_id = tier.redis.get(f"cicb:resubmitted:{FAILED_JOB_ID}").decode()
+    [job] = attempts(FAILED_JOB_ID)["jobs"]
+    steps = {s["task"]: s for s in job["steps"]}
+    [decided] = steps["cicb.retry_job"]["attempts"]
+    assert (decided["route"], decided["outcome"]) == ("job-failed", "done")
+    assert decided["detail"]["next_attempt"] == 2
+    assert decided["detail"]["decision"]
+    [resubmitted] = steps["cicb.resubmit_job"]["attempts"]
+    assert resubmitted["task_id"] == decided["detail"]["resubmit_task_id"]
+    assert resubmitted["detail"] == {"new_job_id": new_job_id}
