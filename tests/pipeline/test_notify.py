@@ -14,7 +14,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from pipeline.actions.notify import TargetsPending, TargetsRejected, notify
+from pipeline.actions.notify import Delivery, TargetsPending, TargetsRejected, notify
 from pipeline.actions.signing import webhook_secret_bytes
 from pipeline.actions.targets import Target as NotifyTarget
 from pipeline.errors import ConfigError, DeliveryError, PermanentError, TransientError
@@ -274,3 +274,25 @@ def test_a_targets_secrets_are_its_url_its_tokens_and_its_signing_secret() -> No
     )
     assert "SEC1234" in feishu.secrets()
     assert hook.secrets()[0] == hook.url  # longest first: the whole URL goes before its parts
+
+
+def test_each_target_tried_is_heard_with_its_status_answer_and_time(
+    client: httpx.Client, target: Target, event: JobEvent
+) -> None:
+    target.replies.append((404, b"no such hook", {}))
+    heard: list[Delivery] = []
+    refused = NotifyTarget.parse(target.url)
+    unreachable = NotifyTarget.parse(f"http://127.0.0.1:{free_port()}/hook")
+    with pytest.raises(TargetsRejected):
+        notify(client, [refused, unreachable], event, on_result=heard.append)
+    first, second = heard
+    assert (first.target, first.result, first.status, first.error) == (
+        refused,
+        "refused",
+        404,
+        None,
+    )
+    assert first.answer == "no such hook"
+    assert 0 <= first.seconds < 5
+    assert (second.result, second.status, second.answer) == ("failed", None, "")
+    assert second.error == "connection failed (ConnectError)"
