@@ -28,6 +28,8 @@ Parser = Callable[[str, str], Any]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_EMBEDDED_BROKER_PORT = 6390  # also in broker_url's default
+# Worker pool processes per CPU when CICB_WORKER_CONCURRENCY is not set.
+PROCESSES_PER_CPU = 2
 
 # host, IPv4 or [IPv6], then an optional port: what the COS SDK takes as its Domain.
 _HOST_PORT = re.compile(
@@ -206,7 +208,7 @@ class Settings:
     # A step runs under a lease (pipeline.runs): its length, and how often it is renewed.
     step_lease_s: float = setting("STEP_LEASE_S", default=30.0, parse=seconds)
     step_lease_renew_s: float = setting("STEP_LEASE_RENEW_S", default=5.0, parse=seconds)
-    # Worker. No concurrency (or 0) leaves Celery's default, the CPU count.
+    # Worker. No concurrency (or 0): PROCESSES_PER_CPU per CPU (``worker_processes``).
     prefetch_multiplier: int = setting("PREFETCH_MULTIPLIER", default=8, parse=integer)
     worker_concurrency: int | None = setting("WORKER_CONCURRENCY", default=None, parse=count)
     # Where each worker host serves its /metrics (port 0: nowhere).
@@ -307,6 +309,13 @@ class Settings:
     def bucket_regions(self) -> tuple[tuple[str, str], ...]:
         """``CICB_CI_BUCKETS`` as ``(bucket, region)`` pairs, each once."""
         return _bucket_regions(self.ci_buckets)
+
+    @property
+    def worker_processes(self) -> int:
+        """The worker's pool size: ``CICB_WORKER_CONCURRENCY``, else ``PROCESSES_PER_CPU``
+        per CPU. A step mostly waits on the network (Redis, the notify target, COS, CI), so
+        one process per CPU, Celery's default, leaves the CPUs idle (``make bench``)."""
+        return self.worker_concurrency or PROCESSES_PER_CPU * (os.cpu_count() or 1)
 
     @property
     def token_file(self) -> Path:

@@ -76,7 +76,7 @@ def configuration() -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Callbacks are short tasks: fetch several at a time.
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
-        "worker_concurrency": settings.worker_concurrency,
+        "worker_concurrency": settings.worker_processes,
         # Flower follows each task from its receipt; a task-sent event would cost one more
         # broker write per step, for what the queue lengths already show.
         "worker_send_task_events": True,

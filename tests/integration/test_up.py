@@ -55,6 +55,10 @@ def test_up_runs_everything_stops_on_ctrl_c_and_resumes_with_its_data(
 
     up = start(1)
     try:
+        # Two pool processes per CPU, not Celery's one: steps mostly wait on the network.
+        workers = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}).json()
+        [worker] = workers.values()
+        assert worker["stats"]["pool"]["max-concurrency"] == 2 * (os.cpu_count() or 1)
         token = (tmp_path / ".cicb" / "token").read_text().strip()
         assert f"{receiver}/callbacks?token={token}" in up.log()
         # The console's URL, with the token cicb up made and kept for it.

@@ -83,8 +83,8 @@ DEFAULTS = [
     Default("CICB_STEP_LEASE_S", "step_lease_s", 30.0),
     Default("CICB_STEP_LEASE_RENEW_S", "step_lease_renew_s", 5.0),
     Default("CICB_PREFETCH_MULTIPLIER", "prefetch_multiplier", 8),
-    # None: Celery's own default, one process per CPU.
-    Default("CICB_WORKER_CONCURRENCY", "worker_concurrency", None, "CPU count"),
+    # None: two pool processes per CPU (Settings.worker_processes).
+    Default("CICB_WORKER_CONCURRENCY", "worker_concurrency", None, "2 per CPU"),
     Default("CICB_WORKER_METRICS_HOST", "worker_metrics_host", "127.0.0.1"),
     Default("CICB_WORKER_METRICS_PORT", "worker_metrics_port", 8082),
     Default("CICB_FLOWER_HOST", "flower_host", "127.0.0.1"),

@@ -4,6 +4,7 @@ it is read, and the secret settings are known by their declaration."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -134,9 +135,12 @@ def test_retry_never_codes_tells_absent_from_empty() -> None:
     assert codes == ("A", "B.c")
 
 
-def test_a_zero_or_blank_worker_concurrency_is_celerys_default() -> None:
+def test_a_zero_or_blank_worker_concurrency_is_two_processes_per_cpu() -> None:
     for raw in ("0", " ", ""):
-        assert Settings.from_env({"CICB_WORKER_CONCURRENCY": raw}).worker_concurrency is None
+        settings = Settings.from_env({"CICB_WORKER_CONCURRENCY": raw})
+        assert settings.worker_concurrency is None
+        assert settings.worker_processes == 2 * (os.cpu_count() or 1)
+    assert Settings.from_env({"CICB_WORKER_CONCURRENCY": "3"}).worker_processes == 3
 
 
 def test_secrets_are_not_trimmed_but_other_text_is() -> None:
