@@ -3,6 +3,9 @@ is resubmitted once, even when CI's answer to the submission is lost."""
 
 from __future__ import annotations
 
+import pytest
+from kombu.exceptions import OperationalError
+
 from tests.support import SAMPLES, wait_until
 from tests.workers.conftest import Tier
 
@@ -35,3 +38,27 @@ def test_retry_job_after_a_timeout_that_did_submit_does_not_submit_again(tier: T
     assert tier.redis.get(f"cicb:resubmitted:{FAILED_JOB_ID}") == created["JobId"].encode()
     assert tier.count("cicb_resubmissions_total", result="resubmitted") == 1
     assert tier.dead_letters() == []
+
+
+def test_a_broker_that_cannot_take_the_resubmission_retries_retry_job_not_dead_letters_it(
+    tier: Tier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.actions as actions
+
+    real, refusals = actions.resubmit_job.apply_async, [1]
+
+    def refused_once(*args: object, **kwargs: object) -> object:
+        if refusals:
+            refusals.pop()
+            # What kombu raises once its retries are used up, the broker's endpoint moved.
+            raise OperationalError("Error 111 connecting to 10.0.0.1:6379. Connection refused.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(actions.resubmit_job, "apply_async", refused_once)
+    tier.ingest(FAILED)
+    wait_until(lambda: tier.ci.submissions(), timeout_s=30, what="the resubmission")
+    tier.idle()
+    assert len(tier.ci.submissions()) == 1
+    assert tier.dead_letters() == []
+    retried = {"task": "cicb.retry_job", "outcome": "retried", "error": "BrokerUnavailable"}
+    assert tier.count("cicb_tasks_total", **retried) == 1
