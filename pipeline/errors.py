@@ -67,12 +67,21 @@ class BrokerUnavailable(TransientError):
 
 
 class DeliveryError(TransientError):
-    """A notification target failed in a way worth retrying (timeout, 408, 429, 5xx)."""
+    """A notification target failed in a way worth retrying (timeout, 408, 429, 5xx);
+    ``may_have_arrived``: there was no answer, and the request may have reached it."""
 
-    def __init__(self, url: str, reason: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        reason: str,
+        *,
+        retry_after_s: float | None = None,
+        may_have_arrived: bool = False,
+    ) -> None:
         self.url = url
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.may_have_arrived = may_have_arrived
         super().__init__(f"{url}: {reason}")
 
 

@@ -22,7 +22,7 @@ from kombu.exceptions import OperationalError
 from pipeline import logs
 from pipeline.actions.copying import COPIED, copy_outputs
 from pipeline.actions.cos import cos_client
-from pipeline.actions.notify import FAILED, REFUSED, Delivery
+from pipeline.actions.notify import DELIVERED, FAILED, REFUSED, Delivery
 from pipeline.actions.notify import notify as notify_targets
 from pipeline.actions.resubmit import AttemptStore, decide, input_region, resubmit
 from pipeline.actions.s3 import S3Client, s3_client
@@ -114,6 +114,7 @@ def tried(deliveries: list[Delivery], *, retries_left: bool) -> list[dict[str, A
             "error": d.error,
             "seconds": round(d.seconds, 4),
             "answer": redacted_answer(d.answer, redactor(d.target)),
+            "may_have_arrived": d.may_have_arrived,
             "retried": again and d.result == FAILED,
         }
         for d in deliveries
@@ -143,6 +144,15 @@ def notify(self: PipelineTask, event: dict[str, Any], pending: list[str] | None 
         metrics.notification_seconds.labels(kind).observe(delivery.seconds)
         metrics.notification_status.labels(kind, delivery_code(delivery)).inc()
         deliveries.append(delivery)
+        if delivery.result != DELIVERED:
+            log.warning(
+                "notify.not_delivered",
+                target=delivery.target.describe(),
+                result=delivery.result,
+                status=delivery.status,
+                error=delivery.error,
+                may_have_arrived=delivery.may_have_arrived,
+            )
 
     # Targets failing for now raise TargetsPending: the task base retries only them.
     try:

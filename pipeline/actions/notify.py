@@ -29,12 +29,23 @@ USER_AGENT = "cicb-notify"
 DELIVERED, FAILED, REFUSED = "delivered", "failed", "refused"
 # What is kept of a target's answer for the attempt record (before redaction).
 ANSWER_CHARS = 1024
+# Failures that can come after the request went out: the target may have taken the event
+# and its answer been lost (a timeout, a connection cut). Trying again may repeat it, with
+# the same ``webhook-id``, so a target that deduplicates on it applies it once.
+AFTER_SENDING = (
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One try of one target: what became of it, the status code the target answered (None:
-    no answer, ``error`` says why), how long it took and the start of its answer."""
+    no answer, ``error`` says why, and ``may_have_arrived`` whether the request may have
+    reached the target all the same), how long it took and the start of its answer."""
 
     target: Target
     result: str
@@ -42,6 +53,7 @@ class Delivery:
     error: str | None
     seconds: float
     answer: str
+    may_have_arrived: bool = False
 
 
 class _Undelivered(PipelineError):
@@ -82,15 +94,18 @@ def post(
     webhook_key: bytes | None = None,
 ) -> httpx.Response:
     """POST ``event`` to ``target``; its answer, whatever it says. Raises ``DeliveryError``
-    when there is none (timeout, connection)."""
+    when there is none (timeout, connection), saying whether the request may have arrived."""
     url, headers, body = build_request(target, event, webhook_key=webhook_key, now_s=time.time())
     try:
         return client.post(url, content=body, headers={**headers, "User-Agent": USER_AGENT})
-    except httpx.TimeoutException as exc:
-        raise DeliveryError(target.describe(), f"timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
         # The exception's text can hold the URL, and so a secret: keep only its type.
-        raise DeliveryError(target.describe(), f"connection failed ({type(exc).__name__})") from exc
+        what = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+        raise DeliveryError(
+            target.describe(),
+            f"{what} ({type(exc).__name__})",
+            may_have_arrived=isinstance(exc, AFTER_SENDING),
+        ) from exc
 
 
 def notify(
@@ -112,13 +127,14 @@ def notify(
     for target in targets:
         started = time.perf_counter()
         response: httpx.Response | None = None
-        result, error = DELIVERED, None
+        result, error, may_have_arrived = DELIVERED, None, False
         try:
             response = post(client, target, event, webhook_key=webhook_key)
             check_response(target, response)
         except DeliveryError as exc:
             retryable.append((target, exc))
             result, error = FAILED, (exc.reason if response is None else None)
+            may_have_arrived = exc.may_have_arrived
         except DeliveryRejected as exc:
             rejected.append((target, exc))
             result = REFUSED
@@ -131,6 +147,7 @@ def notify(
                     error=error,
                     seconds=time.perf_counter() - started,
                     answer=response.text[:ANSWER_CHARS] if response is not None else "",
+                    may_have_arrived=may_have_arrived,
                 )
             )
     pending = [t.id for t, _ in rejected] + [t.id for t, _ in retryable]

@@ -97,6 +97,8 @@ def echo_steps(shown: dict[str, Any]) -> None:
                 )
                 for target in a["detail"].get("targets", []):
                     answered = target["status"] if target["status"] is not None else target["error"]
+                    if target.get("may_have_arrived"):
+                        answered = f"{answered}, may have arrived"
                     again = "  (will retry)" if target["retried"] else ""
                     click.echo(
                         f"      {target['target']}  {answered}  {target['seconds'] * 1000:.0f} ms"

@@ -5,8 +5,10 @@
 stand-in), breaks something 15 s in, waits for everything to settle, prints the figures and
 asserts: every callback was answered 200 or 503, every callback answered 200 was notified
 (0 lost), no job was resubmitted twice,
-and a notification was repeated only where a worker's log shows the step finished while it
-could not reach Redis (its completion recorded late, after a copy ran).
+and a notification was repeated only where a worker's log shows why: the step finished while
+it could not reach Redis (its completion recorded late, after a copy ran), or the target's
+answer never came back to it (the request may have arrived: it is sent again, with the same
+``webhook-id``).
 """
 
 from __future__ import annotations
@@ -62,9 +64,14 @@ def run(
     proven = {
         f"TaskFinish:{line.get('job_id')}:{line.get('state')}"
         for line in log_lines(*logs)
-        if line.get("event") in ("task.waiting_for_redis", "task.end_not_recorded")
-        and line.get("end") == "finish"
-        and line.get("task") == "cicb.notify"
+        if line.get("task") == "cicb.notify"
+        and (
+            (
+                line.get("event") in ("task.waiting_for_redis", "task.end_not_recorded")
+                and line.get("end") == "finish"
+            )
+            or (line.get("event") == "notify.not_delivered" and line.get("may_have_arrived"))
+        )
     }
     figures = {
         "sent": len(answers),

@@ -7,6 +7,9 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -296,3 +299,30 @@ def test_each_target_tried_is_heard_with_its_status_answer_and_time(
     assert 0 <= first.seconds < 5
     assert (second.result, second.status, second.answer) == ("failed", None, "")
     assert second.error == "connection failed (ConnectError)"
+    assert not second.may_have_arrived  # never connected: the target cannot have it
+
+
+def test_a_target_that_takes_the_request_and_never_answers_may_have_it(event: JobEvent) -> None:
+    # The answer lost (a cut link, a hung target): trying again may repeat the event, under
+    # the same webhook-id, and the delivery says so.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        got: list[bytes] = []
+
+        def take() -> None:
+            conn, _ = server.accept()
+            with conn:
+                got.append(conn.recv(65536))
+                time.sleep(2)
+
+        taker = threading.Thread(target=take)
+        taker.start()
+        heard: list[Delivery] = []
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+        with httpx.Client(timeout=0.5) as client, pytest.raises(TargetsPending):
+            notify(client, [NotifyTarget.parse(url)], event, on_result=heard.append)
+        taker.join()
+    assert got and got[0].startswith(b"POST /hook")
+    [delivery] = heard
+    assert (delivery.result, delivery.status) == ("failed", None)
+    assert delivery.error == "timed out (ReadTimeout)"
+    assert delivery.may_have_arrived

@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from pipeline.actions.targets import Target
 from pipeline.cli import main as cicb
-from tests.support import wait_until
+from tests.support import logged, wait_until
 from tests.workers.conftest import Tier
 
 
@@ -92,11 +92,20 @@ def test_a_notification_refused_once_then_accepted_gives_two_attempts_with_the_a
 def test_a_target_that_times_out_gives_the_error(tier: Tier) -> None:
     _, b = tier.targets.urls
     tier.targets.reply_with("/b", 200, body=b"too late", stall_s=3)  # CICB_NOTIFY_TIMEOUT_S=2
-    tier.ingest(tier.callback("jslow"))
-    tier.idle(timeout_s=30)
+    with logged("cicb.actions") as lines:
+        tier.ingest(tier.callback("jslow"))
+        tier.idle(timeout_s=30)
+    [lost] = [e for e in lines.named("notify.not_delivered") if e.get("job_id") == "jslow"]
+    assert (lost["task"], lost["target"], lost["error"], lost["may_have_arrived"]) == (
+        "cicb.notify",
+        Target.parse(b).describe(),
+        "timed out (ReadTimeout)",
+        True,
+    )
     second, first = notify_step("jslow")["attempts"]
     slow = target_of(first, b)
     assert (slow["status"], slow["error"], slow["answer"]) == (None, "timed out (ReadTimeout)", "")
+    assert slow["may_have_arrived"] is True  # it did: the target took it, then stalled
     assert 2 <= slow["seconds"] < 3
     assert slow["retried"] is True
     assert target_of(second, b)["status"] == 200
