@@ -16,8 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import redis
-from kombu.exceptions import OperationalError
 
 from pipeline import logs
 from pipeline.actions.copying import COPIED, copy_outputs
@@ -28,12 +26,12 @@ from pipeline.actions.resubmit import AttemptStore, decide, input_region, resubm
 from pipeline.actions.s3 import S3Client, s3_client
 from pipeline.actions.targets import Target
 from pipeline.attempts import redacted_answer
-from pipeline.errors import BrokerUnavailable, ConfigError
+from pipeline.errors import ConfigError
 from pipeline.logguard import secret_redactor
 from pipeline.parsing.decoding import event_from_dict
 from workers.app import app
 from workers.attempts import note
-from workers.base import PipelineTask, backoff_s
+from workers.base import PipelineTask, backoff_s, publishing
 from workers.metrics import worker_metrics
 from workers.resources import resources
 
@@ -216,14 +214,10 @@ def retry_job(event: dict[str, Any]) -> str:
     # One task id per job and attempt: a retry_job run twice (its worker died after this)
     # sends the same message again, which its completion record makes a no-op.
     task_id = str(uuid.uuid5(RESUBMIT_NAMESPACE, f"{decoded.job_id}|{decision.next_attempt}"))
-    try:
+    with publishing(f"resubmission of {decoded.job_id} not scheduled"):
         resubmit_job.apply_async(
             (event,), {"attempt": decision.next_attempt}, countdown=delay_s, task_id=task_id
         )
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        # The broker went away (kombu's own retries used up, a failover under way): retried
-        # like any passing failure, not dead-lettered.
-        raise BrokerUnavailable(f"resubmission of {decoded.job_id} not scheduled: {exc}") from exc
     note(
         next_attempt=decision.next_attempt,
         resubmit_in_s=round(delay_s, 3),

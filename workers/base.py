@@ -30,7 +30,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -38,6 +39,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
+from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
 from pipeline import logs
@@ -45,7 +47,7 @@ from pipeline.attempts import DEAD_LETTERED, DONE, RETRIED, SKIPPED
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.queues import dead_letter_queue
 from pipeline.endpoints import NotReplicated
-from pipeline.errors import PermanentError, TransientError
+from pipeline.errors import BrokerUnavailable, PermanentError, TransientError
 from pipeline.settings import Settings
 from workers import attempts
 from workers.attempts import LAST_STEP_HEADER, RECEIVED_AT_HEADER, ROUTE_HEADER, headers_of
@@ -85,6 +87,17 @@ class RedeliveryLimit(PermanentError):
             f"delivered {deliveries} times without finishing (its worker died each time); "
             f"CICB_MAX_DELIVERIES is {limit}"
         )
+
+
+@contextmanager
+def publishing(what: str) -> Iterator[None]:
+    """A task publishes another inside: a broker that cannot take it (kombu's own retries
+    used up, a failover under way) is ``BrokerUnavailable``, "``what``: why", retried like
+    any passing failure, not dead-lettered."""
+    try:
+        yield
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"{what}: {exc}") from exc
 
 
 def backoff_s(retries: int, settings: Settings, *, at_least_s: float | None = None) -> float:

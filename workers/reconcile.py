@@ -24,7 +24,7 @@ from pipeline.reconcile import (
     target_to_json,
 )
 from workers.app import app
-from workers.base import PipelineTask
+from workers.base import PipelineTask, publishing
 from workers.metrics import worker_metrics
 from workers.resources import resources
 
@@ -76,8 +76,11 @@ def reconcile() -> list[str]:
     now = datetime.now(UTC)
     found = discovered(settings, _store(), now=now)
     targets = plan(settings, _store(), now=now, discovered=found)
-    for target in targets:
-        reconcile_queue.apply_async((target_to_json(target),))
+    # A broker that cannot take them: the pass is retried (a queue sent twice is listed
+    # once at a time, under its lock, and routes a job once).
+    with publishing("reconcile pass not sent"):
+        for target in targets:
+            reconcile_queue.apply_async((target_to_json(target),))
     log.info("reconcile.planned", targets=[t.name for t in targets])
     return [t.name for t in targets]
 

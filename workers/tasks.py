@@ -7,9 +7,7 @@ import functools
 from datetime import datetime
 from typing import Any
 
-import redis
 from celery import chain
-from kombu.exceptions import OperationalError
 
 from pipeline import logs
 from pipeline.archive import DEAD_LETTERED, dead_lettered_outcomes
@@ -17,7 +15,7 @@ from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.inflight import Inflight
 from pipeline.brokers.queues import INGEST_TASK
 from pipeline.brokers.redis_transport import HeldPublish, held_publishes
-from pipeline.errors import BrokerUnavailable, ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.guard import Guard
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.parsing.events import SOURCE_CALLBACK, Event
@@ -30,7 +28,7 @@ from workers.attempts import (
     STEP_HEADER,
     STEP_ID_HEADER,
 )
-from workers.base import PipelineTask
+from workers.base import PipelineTask, publishing
 from workers.metrics import worker_metrics
 from workers.reconcile import learn
 from workers.resources import resources
@@ -78,12 +76,10 @@ def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: date
         )
         for i, (name, task_id) in enumerate(zip(route.chain, route.step_ids(key), strict=True))
     ]
-    try:
+    # A broker that cannot take it: retried, with the deduplication key given back
+    # (pipeline.ingest).
+    with publishing(f"route {route.name!r} not started"):
         chain(*steps).apply_async()
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        # The broker went away (kombu's own retries used up): retried like any passing
-        # failure, with the deduplication key given back (pipeline.ingest), not dead-lettered.
-        raise BrokerUnavailable(f"route {route.name!r} not started: {exc}") from exc
 
 
 class IngestTask(PipelineTask):
