@@ -157,9 +157,9 @@ def test_killing_workers_loses_nothing_and_repeats_nothing(
         assert accepted == total
         assert dead == 0
         assert lost == 0
-        # The window the README leaves open here (the target's answers are never lost in this
-        # test): a notification in flight when its worker
-        # is killed (sent, answer not yet recorded) is sent again, with the same webhook-id.
+        # The window the README leaves open here (no target's answer is lost in this test): a
+        # notification in flight when its worker is killed (sent, answer not yet recorded) is
+        # sent again, with the same webhook-id.
         # So every repeat's first copy reached the target just before a kill, and each pool
         # process had at most one in flight per kill. A step run again for any other reason
         # (a chain dispatched twice under new task ids, a redelivered message whose
