@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+from kombu.exceptions import OperationalError
 
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
 from pipeline.brokers.envelope import Envelope
@@ -242,6 +243,21 @@ class Tier:
             timeout_s=timeout_s,
             what="nothing in flight or running",
         )
+
+
+def refuse_once(monkeypatch: pytest.MonkeyPatch, task: Any) -> list[int]:
+    """Make the broker refuse ``task``'s next publish as kombu does once its own retries are
+    used up (the broker's endpoint moved); return the refusals left (empty once it was)."""
+    real, refusals = task.apply_async, [1]
+
+    def refused_once(*args: object, **kwargs: object) -> object:
+        if refusals:
+            refusals.pop()
+            raise OperationalError("Error 111 connecting to 10.0.0.1:6379. Connection refused.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(task, "apply_async", refused_once)
+    return refusals
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from kombu.exceptions import OperationalError
 
 from tests.support import wait_until
-from tests.workers.conftest import Tier
+from tests.workers.conftest import Tier, refuse_once
 
 SAMPLE_QUEUE_ID = b"p2242ab62c7c94486915508540933a2c6"  # tier.callback's
 
@@ -18,16 +17,7 @@ def test_a_broker_that_cannot_take_a_queues_pass_retries_the_reconcile_pass(
 ) -> None:
     import workers.reconcile as reconcile
 
-    real, refusals = reconcile.reconcile_queue.apply_async, [1]
-
-    def refused_once(*args: object, **kwargs: object) -> object:
-        if refusals:
-            refusals.pop()
-            # What kombu raises once its retries are used up, the broker's endpoint moved.
-            raise OperationalError("Error 111 connecting to 10.0.0.1:6379. Connection refused.")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(reconcile.reconcile_queue, "apply_async", refused_once)
+    refusals = refuse_once(monkeypatch, reconcile.reconcile_queue)
     # Its queue is learned: a target of the pass. A queue of its own (a worker writes what
     # it learned once a minute, and the tier empties Redis between tests).
     queue_id = f"p{uuid.uuid4().hex}".encode()

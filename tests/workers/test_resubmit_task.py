@@ -4,10 +4,9 @@ is resubmitted once, even when CI's answer to the submission is lost."""
 from __future__ import annotations
 
 import pytest
-from kombu.exceptions import OperationalError
 
 from tests.support import SAMPLES, wait_until
-from tests.workers.conftest import Tier
+from tests.workers.conftest import Tier, refuse_once
 
 FAILED = (SAMPLES / "transcode_failed.xml").read_bytes()
 FAILED_JOB_ID = "j7d0eafdaf86c11ecbdf419856486c0ab"
@@ -45,16 +44,7 @@ def test_a_broker_that_cannot_take_the_resubmission_retries_retry_job_not_dead_l
 ) -> None:
     import workers.actions as actions
 
-    real, refusals = actions.resubmit_job.apply_async, [1]
-
-    def refused_once(*args: object, **kwargs: object) -> object:
-        if refusals:
-            refusals.pop()
-            # What kombu raises once its retries are used up, the broker's endpoint moved.
-            raise OperationalError("Error 111 connecting to 10.0.0.1:6379. Connection refused.")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(actions.resubmit_job, "apply_async", refused_once)
+    refuse_once(monkeypatch, actions.resubmit_job)
     tier.ingest(FAILED)
     wait_until(lambda: tier.ci.submissions(), timeout_s=30, what="the resubmission")
     tier.idle()
