@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline import logs
@@ -32,6 +32,7 @@ def ingest(
     dispatch: Dispatch,
     guard: Guard | None = None,
     owner: str = "",
+    claimed: Mapping[str, bool] | None = None,
     seen: Callable[[Event], None] | None = None,
     confirm: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -40,13 +41,25 @@ def ingest(
     With a ``guard``, an event whose deduplication key is already taken is skipped as a
     duplicate, and ``owner`` (the task id) holds the key while its route starts; once it
     has, ``confirm`` keeps the key (``guard.confirm`` unless given: the worker writes it
-    with the route's first step, as its task ends). ``seen`` is called with every event the
-    body holds, duplicates included. Raises ``ParseError`` for a body that is not a
-    callback, and whatever ``dispatch`` raises (``TransientError`` when the broker fails).
+    with the route's first step, as its task ends). ``claimed``: the answers of claims
+    ``owner`` already made (the worker makes them with its task's lease), taken as they are
+    and, on a failure, left to their maker to give back. ``seen`` is called with every
+    event the body holds, duplicates included. Raises ``ParseError`` for a body that is not
+    a callback, and whatever ``dispatch`` raises (``TransientError`` when the broker fails).
     """
+    answered = claimed or {}
     logs.bind(request_id=envelope.request_id)
     outcomes = []
-    claimed: list[str] = []
+    held: list[str] = []  # the keys claimed here, given back here on a failure
+
+    def taken(guard: Guard, key: str) -> bool:
+        if key in answered:
+            return answered[key]
+        if guard.claim(key, owner=owner):
+            held.append(key)
+            return True
+        return False
+
     try:
         for event in events_of_envelope(envelope):
             if seen is not None:
@@ -55,10 +68,9 @@ def ingest(
             logs.bind_event(data)
             route = table.resolve(event)
             key = event.dedup_key
-            if guard is not None and not guard.claim(key, owner=owner):
+            if guard is not None and not taken(guard, key):
                 outcome = DUPLICATE
             else:
-                claimed.append(key)
                 if route is not None:
                     dispatch(route, data, key)
                 if guard is not None:
@@ -81,7 +93,7 @@ def ingest(
         # with a deferred ``confirm`` none of the body's routes has started yet. A key
         # already confirmed is no longer held, and stays.
         if guard is not None:
-            for key in claimed:
+            for key in held:
                 guard.release(key, owner=owner)
         raise
     return outcomes

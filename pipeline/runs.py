@@ -21,7 +21,7 @@ its step keeps running, lets a second copy start.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import redis
@@ -30,13 +30,17 @@ from pipeline.brokers.inflight import DUE_KEY, SUSPECTS_KEY, Inflight
 from pipeline.brokers.inflight import KEYS as INFLIGHT_KEYS
 from pipeline.endpoints import Replicas
 from pipeline.errors import TransientError
+from pipeline.guard import Claims
 from pipeline.scripts import queue_script
 
 PREFIX = "cicb:"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_LEASE_RENEW_S = 5.0
 
-# KEYS: done, retried, lease, deliveries. ARGV: attempt, owner, lease (ms), ttl (s).
+# KEYS: done, retried, lease, deliveries, then the deduplication keys to claim. ARGV:
+# attempt, owner, lease (ms), ttl (s), most deliveries, claim, claim's ttl (s). The claims
+# are made only by a run that will run (as ``Guard.claim``: taken, or this owner's already);
+# one answer each, 1 or 0, after the run's three.
 _START = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'done', 0, 0} end
 local retried = redis.call('GET', KEYS[2])
@@ -46,7 +50,15 @@ if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
 end
 local n = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], ARGV[4])
-return {'run', n, 0}
+local answers = {'run', n, 0}
+if n <= tonumber(ARGV[5]) then
+  for i = 5, #KEYS do
+    local taken = redis.call('SET', KEYS[i], ARGV[6], 'NX', 'EX', ARGV[7])
+    if not taken then taken = redis.call('GET', KEYS[i]) == ARGV[6] end
+    answers[i - 1] = taken and 1 or 0
+  end
+end
+return answers
 """
 
 # KEYS: done, lease, then (optional) the in-flight record's keys. ARGV: owner, ttl (s),
@@ -97,11 +109,13 @@ class RunsUnavailable(TransientError):
 class Start:
     """What a delivered message may do: ``run`` (it holds the lease; ``deliveries`` counts
     this one), or not: its task is ``done``, this attempt was ``superseded`` by a retry, or
-    another copy holds the lease (``leased``: look again in ``wait_s``)."""
+    another copy holds the lease (``leased``: look again in ``wait_s``). ``claimed``: the
+    answer to each claim made with the lease (none when it will not run)."""
 
     state: Literal["run", "done", "superseded", "leased"]
     deliveries: int = 0
     wait_s: float = 0.0
+    claimed: Mapping[str, bool] = field(default_factory=dict)
 
 
 def lease_key(task_id: str) -> str:
@@ -133,23 +147,35 @@ class TaskRuns:
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
 
-    def start(self, task_id: str, attempt: int, owner: str) -> Start:
-        """A message's task (``attempt``: its retry number) is about to run for ``owner``.
-        One round trip; raises ``RunsUnavailable``."""
+    def start(
+        self, task_id: str, attempt: int, owner: str, *, claims: Claims | None = None
+    ) -> Start:
+        """A message's task (``attempt``: its retry number) is about to run for ``owner``;
+        with ``claims`` (``Guard.claims``), a run that will run makes them too. One round
+        trip; raises ``RunsUnavailable``."""
         keys = [
             done_key(task_id),
             f"{PREFIX}retried:{task_id}",
             lease_key(task_id),
             f"{PREFIX}deliveries:{task_id}:{attempt}",
+            *(claims.names if claims else ()),
         ]
+        args: list[Any] = [
+            attempt,
+            owner,
+            int(self.lease_s * 1000),
+            self._ttl_s,
+            self.max_deliveries,
+        ]
+        if claims:
+            args += [claims.value, claims.ttl_s]
         try:
-            state, count, pttl_ms = self._start(
-                keys=keys, args=[attempt, owner, int(self.lease_s * 1000), self._ttl_s]
-            )
+            state, count, pttl_ms, *answers = self._start(keys=keys, args=args)
         except redis.RedisError as exc:
             raise RunsUnavailable(f"cannot start {task_id}: {exc}") from exc
         name = state.decode() if isinstance(state, bytes) else str(state)
-        return Start(cast(Any, name), int(count), max(int(pttl_ms), 0) / 1000)
+        claimed = dict(zip(claims.keys, map(bool, answers), strict=False)) if claims else {}
+        return Start(cast(Any, name), int(count), max(int(pttl_ms), 0) / 1000, claimed)
 
     def finish(
         self,

@@ -26,11 +26,12 @@ written with its completion record, its retry's or its lease's release.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -57,8 +58,9 @@ from workers.resources import resources
 log = logs.get_logger("cicb.task")
 
 
-# The writes the running task leaves for its last round trip (``PipelineTask.end_with``).
-_ending = threading.local()
+# The running task's: ``writes`` it leaves for its last round trip (``end_with``), and
+# ``claimed``, its claims' answers (``claims``).
+_running = threading.local()
 
 # What a task keeps of Celery's options while its countdown runs: not the countdown, and
 # not the exchange and routing key of the message it came in (it is routed again by name).
@@ -152,10 +154,22 @@ class PipelineTask(Task):  # type: ignore[misc]
         """Have ``write`` queue its commands on the pipeline that records this run finished
         (``TaskRuns.finish``): they are made in that round trip, ahead of the record, and
         only if the run finishes (a retry or a failure drops them)."""
-        _ending.writes.append(write)
+        _running.writes.append(write)
+
+    def claims(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[str]:
+        """The deduplication keys (``pipeline.guard``) this run claims with its lease, in
+        the same round trip, so its work knows before it starts whether it has them
+        (``claimed``); a run that does not finish gives them back. None but ingest's."""
+        return ()
+
+    @property
+    def claimed(self) -> Mapping[str, bool]:
+        """The answer to each of this run's ``claims``: True, it has the key."""
+        return _running.claimed  # type: ignore[no-any-return]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        _ending.writes = []
+        _running.writes = []
+        _running.claimed = {}
         attempts.begin()
         logs.clear()
         logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)
@@ -179,7 +193,7 @@ class PipelineTask(Task):  # type: ignore[misc]
         res = resources()
         if res.runs is None or task_id is None:  # no Redis, or called directly
             result = self._run(args, kwargs)
-            writes = [*_ending.writes, *self._attempt(DONE)]
+            writes = [*_running.writes, *self._attempt(DONE)]
             if res.client is not None and writes:
                 pipe = res.client.pipeline(transaction=False)
                 for write in writes:
@@ -187,10 +201,13 @@ class PipelineTask(Task):  # type: ignore[misc]
                 pipe.execute()
             return "done", result
         owner = res.owner()
+        keys = self.claims(args, kwargs) if res.guard is not None else ()
+        claims = res.guard.claims(keys, owner=task_id) if res.guard and keys else None
         try:
-            start = res.runs.start(task_id, self.request.retries, owner)
+            start = res.runs.start(task_id, self.request.retries, owner, claims=claims)
         except TransientError as exc:
             self.retry_later(exc)
+        _running.claimed = start.claimed
         if start.state == "done":
             # Its worker died after the work and before the ack, or a copy ran it: the chain
             # goes on (its next step may not be out), the step is not done twice.
@@ -214,19 +231,32 @@ class PipelineTask(Task):  # type: ignore[misc]
         except Retry as retry:
             wait_s = float(retry.when) if isinstance(retry.when, int | float) else None
             record = self._attempt(RETRIED, retry.exc, wait_s=wait_s)
-            res.retried(task_id, self.request.retries, owner, before=record)
+            res.retried(task_id, self.request.retries, owner, before=[*record, *self._give_back()])
             raise
         except (Ignore, Reject):
-            res.released(task_id, owner)
+            res.released(task_id, owner, before=self._give_back())
             raise
         except BaseException as exc:
             # Failed (dead-lettered next), or its retry could not be sent (Celery rejects
-            # the message; its in-flight record brings it back): the lease is free.
-            res.released(task_id, owner, before=self._attempt(DEAD_LETTERED, exc))
+            # the message; its in-flight record brings it back): the lease is free, and the
+            # keys it claimed, for a later delivery or the dead letter's replay.
+            ending = [*self._attempt(DEAD_LETTERED, exc), *self._give_back()]
+            res.released(task_id, owner, before=ending)
             raise
-        writes = [*_ending.writes, *self._attempt(DONE)]
+        writes = [*_running.writes, *self._attempt(DONE)]
         res.finished(task_id, owner, forget=not self._continues(), before=writes)
         return "done", result
+
+    def _give_back(self) -> list[Callable[[Any], None]]:
+        """The release of each key this run claimed, for its last round trip."""
+        guard, task_id = resources().guard, self.request.id
+        if guard is None:
+            return []
+        return [
+            functools.partial(guard.release_in, key=key, owner=task_id)
+            for key, taken in self.claimed.items()
+            if taken
+        ]
 
     def _attempt(
         self, outcome: str, exc: BaseException | None = None, *, wait_s: float | None = None

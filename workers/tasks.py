@@ -17,6 +17,7 @@ from pipeline.brokers.queues import INGEST_TASK
 from pipeline.brokers.redis_transport import HeldPublish, held_publishes
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.guard import Guard
+from pipeline.ingest import events_of_envelope
 from pipeline.ingest import ingest as ingest_envelope
 from pipeline.parsing.events import SOURCE_CALLBACK, Event
 from pipeline.routing import Route, RouteTable, table_for
@@ -83,8 +84,17 @@ def dispatch(route: Route, event: dict[str, Any], key: str, *, received_at: date
 
 
 class IngestTask(PipelineTask):
-    """``cicb.ingest``'s base: the shared policy, and the archive's record of a body whose
-    ingest failed for good, written before it is dead-lettered."""
+    """``cicb.ingest``'s base: the shared policy, the callback's deduplication keys claimed
+    with the task's lease, and the archive's record of a body whose ingest failed for good,
+    written before it is dead-lettered."""
+
+    def claims(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+        """The keys of the body's events, claimed in the round trip that takes the lease.
+        None for what cannot be read: the run raises why."""
+        try:
+            return [event.dedup_key for event in events_of_envelope(Envelope.from_json(args[0]))]
+        except Exception:
+            return []
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -147,6 +157,7 @@ def ingest(self: PipelineTask, envelope: dict[str, Any]) -> list[dict[str, Any]]
             dispatch=functools.partial(dispatch, received_at=received_at),
             guard=res.guard,
             owner=self.request.id,
+            claimed=self.claimed,
             seen=seen,
             confirm=confirmed.append,
         )

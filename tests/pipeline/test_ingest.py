@@ -278,3 +278,38 @@ class FailSecond:
         self.keys.append(key)
         if len(self.keys) == 2:
             raise BrokerUnavailable("broker away")
+
+
+def test_claims_already_made_are_taken_as_answered(guard: Guard, client: redis.Redis) -> None:
+    # The worker claims a body's keys with its task's lease: ingest asks Redis nothing more.
+    dispatch = Dispatcher()
+    answered = {"TaskFinish:j13:Success": False}
+    [outcome] = ingest(
+        envelope("j13"), table=TABLE, dispatch=dispatch, guard=guard, owner="t1", claimed=answered
+    )
+    assert outcome["outcome"] == DUPLICATE
+    assert client.get("cicb:dedup:TaskFinish:j13:Success") is None
+    answered = {"TaskFinish:j13:Success": True}
+    [outcome] = ingest(
+        envelope("j13"), table=TABLE, dispatch=dispatch, guard=guard, owner="t1", claimed=answered
+    )
+    assert outcome["outcome"] == DISPATCHED
+    assert client.get("cicb:dedup:TaskFinish:j13:Success") == b"done"
+
+
+def test_a_failure_leaves_claims_made_before_to_their_maker(
+    guard: Guard, client: redis.Redis
+) -> None:
+    assert guard.claim("TaskFinish:j14:Success", owner="t1")
+    dispatch = Dispatcher()
+    dispatch.fail = 1
+    with pytest.raises(BrokerUnavailable):
+        ingest(
+            envelope("j14"),
+            table=TABLE,
+            dispatch=dispatch,
+            guard=guard,
+            owner="t1",
+            claimed={"TaskFinish:j14:Success": True},
+        )
+    assert client.get("cicb:dedup:TaskFinish:j14:Success") == b"claimed:t1"

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from pipeline.brokers.inflight import Inflight
+from pipeline.guard import Guard
 from pipeline.runs import RunsUnavailable, TaskRuns
 from tests.support import free_port
 
@@ -124,3 +125,37 @@ def test_an_unreachable_redis_is_a_transient_error() -> None:
     client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(RunsUnavailable):
         TaskRuns(client, ttl_s=60, max_deliveries=3).start("t", 0, "w/1")
+
+
+def test_a_run_makes_its_claims_with_its_lease(runs: TaskRuns, client: redis.Redis) -> None:
+    guard = Guard(client, dedup_ttl_s=60, claim_ttl_s=30)
+    assert guard.claim("TaskFinish:other:Success", owner="t0")
+    client.set("cicb:dedup:TaskFinish:old:Success", "done")
+    keys = ["TaskFinish:new:Success", "TaskFinish:other:Success", "TaskFinish:old:Success"]
+    started = runs.start("t1", 0, "w/1", claims=guard.claims(keys, owner="t1"))
+    assert started.state == "run"
+    assert started.claimed == dict(zip(keys, [True, False, False], strict=True))
+    assert client.get("cicb:dedup:TaskFinish:new:Success") == b"claimed:t1"
+    assert 25 < client.ttl("cicb:dedup:TaskFinish:new:Success") <= 30
+    # The same message delivered again (its worker died) still has its own claim.
+    runs.release("t1", "w/1")
+    again = runs.start("t1", 0, "w/2", claims=guard.claims(keys[:1], owner="t1"))
+    assert again.claimed == {"TaskFinish:new:Success": True}
+
+
+@pytest.mark.parametrize("why", ["done", "leased", "superseded", "delivered too often"])
+def test_a_run_that_will_not_run_claims_nothing(
+    runs: TaskRuns, client: redis.Redis, why: str
+) -> None:
+    if why == "done":
+        client.set("cicb:done:t1", 1)
+    elif why == "leased":
+        assert runs.start("t1", 0, "w/0").state == "run"
+    elif why == "superseded":
+        client.set("cicb:retried:t1", 0)
+    else:
+        client.set("cicb:deliveries:t1:0", 3)  # max_deliveries: this is the fourth
+    guard = Guard(client, dedup_ttl_s=60)
+    started = runs.start("t1", 0, "w/1", claims=guard.claims(["TaskFinish:j:Success"], owner="t1"))
+    assert started.claimed == {}
+    assert client.get("cicb:dedup:TaskFinish:j:Success") is None
