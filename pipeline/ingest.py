@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,14 +100,18 @@ def ingest(
     return outcomes
 
 
-def events_of_envelope(envelope: Envelope) -> list[Event]:
+@functools.lru_cache(maxsize=1)
+def events_of_envelope(envelope: Envelope) -> tuple[Event, ...]:
     """The events of the envelope's body, marked with its source (and a forced replay's
-    scope). Raises ``ParseError``."""
+    scope). Raises ``ParseError``. The last envelope's are kept: the worker reads a
+    body's keys to claim them before its ingest task runs, and the run reads it again."""
     events = parse(envelope.body, content_type=envelope.content_type)
     if envelope.source == "callback" and not envelope.scope:
-        return events
+        return tuple(events)
     # Reconciled or replayed: its events say so, and a forced replay's get a scope.
-    return [dataclasses.replace(e, source=envelope.source, scope=envelope.scope) for e in events]
+    return tuple(
+        dataclasses.replace(e, source=envelope.source, scope=envelope.scope) for e in events
+    )
 
 
 def outcome_of(event: Event, route: Route | None, outcome: str) -> dict[str, Any]:
