@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psutil
@@ -103,6 +103,17 @@ def rss_mb(proc: subprocess.Popen[bytes]) -> float:
     parent = psutil.Process(proc.pid)
     procs = [parent, *parent.children(recursive=True)]
     return sum(p.memory_info().rss for p in procs if p.is_running()) / 1e6
+
+
+def cpu_s(proc: subprocess.Popen[bytes]) -> float:
+    """CPU time (user and system) used so far by a process and its live children, in s."""
+    parent = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [parent, *parent.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def wrk_env() -> dict[str, str]:
@@ -287,9 +298,14 @@ class Bench:
                 replicated = label == REPLICATED
                 with (
                     self.replica() if replicated else contextlib.nullcontext(),
-                    self.server(kind, workers, **(MIN_REPLICAS if replicated else {})) as (url, _),
+                    self.server(kind, workers, **(MIN_REPLICAS if replicated else {})) as (
+                        url,
+                        server,
+                    ),
                 ):
+                    cpu_before = cpu_s(server)
                     result = wrk(url, SECONDS)
+                    result["cpu_us"] = (cpu_s(server) - cpu_before) / result["total"] * 1e6
                 accepted = result["total"] - result["non2xx"]
                 if kind != "ceiling":
                     queued = self.redis.llen("ingest") + self.redis.llen("celery")
@@ -327,10 +343,15 @@ class Bench:
                     f"{median(config, 'p99'):.2f}",
                     f"{rps / peer:.1f}x",
                     f"{rps / ceiling:.0%}",
+                    f"{median(config, 'cpu_us'):.0f}",
                 ]
             )
         rows.append(
-            ["every accepted callback on the broker", "yes" if queued_ok else "NO", "", "", "", ""]
+            [
+                "every accepted callback on the broker",
+                "yes" if queued_ok else "NO",
+                *[""] * 5,
+            ]
         )
         return rows
 
@@ -343,90 +364,109 @@ class Bench:
         """What the no-op routes and tasks have counted (bench/noop_routes.py)."""
         return int(self.redis.get("bench:done") or 0)
 
-    def cicb_rate(
+    def cicb_run(
         self,
         count: int = E2E_CALLBACKS,
         *,
         round_trips: Callable[[], int] | None = None,
         **extra: str,
-    ) -> float:
-        """Callbacks per second from the first POST to the end of the last one's route
-        (``extra``: settings beside the bench's, another broker say). With ``round_trips``
-        (the worker's, counted by a proxy), the worker's round trips per callback instead."""
+    ) -> Timed:
+        """Callbacks from the first POST to the end of the last one's route (``extra``:
+        settings beside the bench's, another broker say); with ``round_trips`` (the
+        worker's, counted by a proxy), its round trips per callback too."""
         self.fresh_broker()
         worker_extra = {**extra}
         if round_trips is not None:
             worker_extra["CICB_BROKER_URL"] = self.counted_url
         with (
             self.server("cicb", **extra) as (url, _),
-            self.worker(self.tmp / "worker.log", **worker_extra),
+            self.worker(self.tmp / "worker.log", **worker_extra) as worker,
         ):
             post_one(url)  # the worker is up and warm once this one is routed
             wait_for(lambda: self.done() >= 1, 120)
             trips = round_trips() if round_trips else 0
-            start = time.monotonic()
+            start, cpu = time.monotonic(), cpu_s(worker)
             post_until(url, count + 1)
             total = accepted(url)
             wait_for(lambda: self.done() >= total, 900)
-            if round_trips is not None:
-                return (round_trips() - trips) / (total - 1)
-            return (total - 1) / (time.monotonic() - start)
+            return Timed.of(
+                total - 1,
+                time.monotonic() - start,
+                cpu_s(worker) - cpu,
+                round_trips() - trips if round_trips else 0,
+            )
 
-    def celery_rate(self, *, round_trips: Callable[[], int] | None = None) -> float:
-        """Celery no-op tasks per second from the first sent to the last finished; with
-        ``round_trips``, the worker's round trips per task instead."""
+    def celery_run(self, *, round_trips: Callable[[], int] | None = None) -> Timed:
+        """Celery no-op tasks from the first sent to the last finished; with
+        ``round_trips``, the worker's round trips per task too."""
         from celery import Celery
 
         self.fresh_broker()
         app = Celery("bench", broker=self.broker_url, set_as_current=False)
         extra = {"CICB_BROKER_URL": self.counted_url} if round_trips else {}
-        with self.worker(self.tmp / "worker.log", **extra), app.producer_or_acquire() as producer:
+        with (
+            self.worker(self.tmp / "worker.log", **extra) as worker,
+            app.producer_or_acquire() as producer,
+        ):
             app.send_task("bench.plain_noop", queue="actions", producer=producer)
             wait_for(lambda: self.done() >= 1, 120)
             trips = round_trips() if round_trips else 0
-            start = time.monotonic()
+            start, cpu = time.monotonic(), cpu_s(worker)
             for _ in range(E2E_CALLBACKS):
                 app.send_task("bench.plain_noop", queue="actions", producer=producer)
             wait_for(lambda: self.done() >= E2E_CALLBACKS + 1, 900)
-            if round_trips is not None:
-                return (round_trips() - trips) / E2E_CALLBACKS
-            return E2E_CALLBACKS / (time.monotonic() - start)
+            return Timed.of(
+                E2E_CALLBACKS,
+                time.monotonic() - start,
+                cpu_s(worker) - cpu,
+                round_trips() - trips if round_trips else 0,
+            )
 
     def round_trip_rows(self) -> list[list[str]]:
         """The worker's Redis round trips, counted by a proxy between it and Valkey."""
         with RoundTripProxy(self.broker_port) as proxy:
             self.counted_url = f"redis://127.0.0.1:{proxy.port}/0"
-            cicb = self.cicb_rate(ROUND_TRIP_CALLBACKS, round_trips=lambda: proxy.round_trips)
-            celery = self.celery_rate(round_trips=lambda: proxy.round_trips)
-        own = cicb - 2 * celery
+            cicb = self.cicb_run(ROUND_TRIP_CALLBACKS, round_trips=lambda: proxy.round_trips)
+            celery = self.celery_run(round_trips=lambda: proxy.round_trips)
+        own = cicb.trips - 2 * celery.trips
         self.targets.append(Target("worker round trips per callback, cicb's own", own, at_most=4))
         return [
-            ["cicb: worker round trips per callback", f"{cicb:.1f}"],
-            ["Celery: worker round trips per no-op task", f"{celery:.1f}"],
-            ["cicb's own per callback (beyond two Celery tasks')", f"{cicb - 2 * celery:.1f}"],
+            ["cicb: worker round trips per callback", f"{cicb.trips:.1f}"],
+            ["Celery: worker round trips per no-op task", f"{celery.trips:.1f}"],
+            ["cicb's own per callback (beyond two Celery tasks')", f"{own:.1f}"],
         ]
 
     def end_to_end_rows(self) -> list[list[str]]:
         """cicb and Celery's no-op ceiling, one after the other in each run, so noise hits
-        both alike; the ratio is the median of each run's."""
+        both alike; each ratio is the median of each run's."""
         tasks_per_callback = 2  # cicb.ingest, then the route's one step
-        cicb_rates, celery_rates, ratios = [], [], []
+        cicb_runs, celery_runs = [], []
         for _ in range(RUNS):
-            cicb_rates.append(self.cicb_rate())
-            celery_rates.append(self.celery_rate())
-            ratios.append(cicb_rates[-1] * tasks_per_callback / celery_rates[-1])
-        ratio = statistics.median(ratios)
+            cicb_runs.append(self.cicb_run())
+            celery_runs.append(self.celery_run())
+        pairs = list(zip(cicb_runs, celery_runs, strict=True))
+        ratio = statistics.median(a.rate * tasks_per_callback / b.rate for a, b in pairs)
+        cpu_ratio = statistics.median(tasks_per_callback * b.cpu_ms / a.cpu_ms for a, b in pairs)
         self.targets.append(Target("end to end, per Celery task's ceiling", ratio, at_least=0.9))
         return [
             [
                 "cicb: callbacks/s, POST to the end of a 1-step no-op route",
-                f"{statistics.median(cicb_rates):,.0f}",
+                f"{statistics.median(r.rate for r in cicb_runs):,.0f}",
             ],
             [
                 "Celery: no-op tasks/s, same broker and worker settings",
-                f"{statistics.median(celery_rates):,.0f}",
+                f"{statistics.median(r.rate for r in celery_runs):,.0f}",
             ],
             ["ratio to the ceiling per Celery task (median of each run's)", f"{ratio:.2f}"],
+            [
+                "worker CPU ms per callback (main process and pool)",
+                f"{statistics.median(r.cpu_ms for r in cicb_runs):.2f}",
+            ],
+            [
+                "worker CPU ms per Celery no-op task",
+                f"{statistics.median(r.cpu_ms for r in celery_runs):.2f}",
+            ],
+            ["the same ratio in CPU: two no-op tasks' over a callback's", f"{cpu_ratio:.2f}"],
         ]
 
     def rabbitmq_rows(self) -> list[list[str]]:
@@ -450,12 +490,12 @@ class Bench:
                         for name in ("ingest", "actions", "dead_letter"):
                             channel.queue_delete(name)
                             channel.exchange_delete(name)
-                    rate = self.cicb_rate(
+                    run = self.cicb_run(
                         CICB_BROKER_URL=server.url,
                         CICB_REDIS_URL=self.broker_url,
                         CICB_QUEUE_TYPE=queue_type,
                     )
-                    rates[queue_type].append(rate)
+                    rates[queue_type].append(run.rate)
         finally:
             server.close()
         classic, quorum = (statistics.median(rates[t]) for t in ("classic", "quorum"))
@@ -493,6 +533,19 @@ class Bench:
             ),
         ]
         return rows
+
+
+class Timed(NamedTuple):
+    """A timed run: per second, and the worker's CPU (main process and pool) and Redis
+    round trips (0: not counted) per callback or task."""
+
+    rate: float
+    cpu_ms: float
+    trips: float
+
+    @classmethod
+    def of(cls, count: int, seconds: float, cpu_s: float, trips: int) -> Timed:
+        return cls(count / seconds, cpu_s / count * 1000, trips / count)
 
 
 @dataclass(frozen=True)
@@ -566,7 +619,15 @@ def main() -> None:
                 print(
                     table(
                         "Receiver (POST tests/samples/tts_success.xml)",
-                        ["server", "req/s", "p50 ms", "p99 ms", "vs peer", "vs ceiling"],
+                        [
+                            "server",
+                            "req/s",
+                            "p50 ms",
+                            "p99 ms",
+                            "vs peer",
+                            "vs ceiling",
+                            "CPU µs/req",
+                        ],
                         bench.receiver_rows(),
                     ),
                     flush=True,

@@ -5,7 +5,9 @@ records and delivery counts in Redis.
   with an expiry of ``lease_s``). The worker's main process renews the leases of the tasks
   it runs (``renew``), so a lease outlives the run only when its holder died or lost Redis:
   it then expires, at most ``lease_s`` later, and the next copy runs. A copy that finds the
-  lease held does not run: it waits (``Start.wait_s``) and looks again.
+  lease held does not run: it waits (``Start.wait_s``) and looks again. The script that
+  takes the lease also makes the claims its task asks for (``cicb.ingest``'s deduplication
+  keys, ``pipeline.guard``), and only for a run that will run.
 - **A completion record.** A task that finished records ``cicb:done:<task id>`` with the
   lease's release, in one script; a copy delivered later does nothing. A task that schedules
   a retry marks the attempts up to its own as superseded (``cicb:retried:<task id>``), so
