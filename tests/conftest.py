@@ -52,6 +52,7 @@ def target() -> Iterator[Target]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             arrived = time.time()
+            recorder.answering.headers = dict(self.headers)
             status, reply, headers = recorder.answer()
             with recorder.lock:
                 recorder.received.append(

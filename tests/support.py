@@ -203,6 +203,8 @@ class Target:
 
     # Whole answers (status, body, headers) to give before the statuses above.
     replies: list[tuple[int, bytes, dict[str, str]]] = field(default_factory=list)
+    # In the thread answering a request, while ``answer`` runs: its ``headers``.
+    answering: threading.local = field(default_factory=threading.local)
 
     def answer(self) -> tuple[int, bytes, dict[str, str]]:
         with self.lock:

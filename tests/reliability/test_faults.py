@@ -95,11 +95,13 @@ def test_killing_workers_loses_nothing_and_repeats_nothing(
     answers = itertools.count(1)
     holding = {n: threading.Event() for n in KILL_AFTER}
     released = {n: threading.Event() for n in KILL_AFTER}
+    held: dict[int, str] = {}  # the webhook-id of each held request
     answer = target.answer
 
     def held_answer() -> tuple[int, bytes, dict[str, str]]:
         n = next(answers)
         if n in holding:
+            held[n] = target.answering.headers.get("webhook-id", "")
             holding[n].set()
             released[n].wait(60)
         return answer()
@@ -149,6 +151,7 @@ def test_killing_workers_loses_nothing_and_repeats_nothing(
             dead_lettered=dead,
             lost=lost,
             kills=len(kills),
+            held_at_kills=[held.get(n) for n in KILL_AFTER],
             repeated_deliveries=repeats,
             repeat_first_arrival_before_kill_s=sorted(
                 round(v, 4) if v is not None else None for v in leads.values()
@@ -166,9 +169,11 @@ def test_killing_workers_loses_nothing_and_repeats_nothing(
         # completion was recorded) would be a repeat outside the window.
         assert all(v is not None and v <= REPEAT_WINDOW_S for v in leads.values()), leads
         assert repeats <= KILLS * WORKER_PROCESSES
-        # And the notification held in flight at each kill was sent again, not dropped.
-        for t in kills:
-            assert any(0 <= t - first[k] <= REPEAT_WINDOW_S for k in repeated), (t, leads)
+        # And the notification held in flight at each kill was sent again, not dropped. The
+        # second kill can hold the first's, sent again once its lease expired: it then came
+        # three times.
+        for key, times_held in collections.Counter(held.values()).items():
+            assert jobs[key] > times_held, (key, times_held, leads)
     finally:
         for event in released.values():
             event.set()
