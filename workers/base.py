@@ -12,7 +12,9 @@ Each run holds its task's lease (``pipeline.runs``): a message whose task alread
 running elsewhere goes back to wait and looks again later; one delivered more than
 ``CICB_MAX_DELIVERIES`` times is dead-lettered. A task that finished records it with its
 lease's release; its message is then no longer kept in flight (``pipeline.brokers.inflight``),
-once the next step of its chain is out.
+once the next step of its chain is out. A task can claim deduplication keys with its lease
+(``claims``, ingest's: one round trip for both); a run that does not finish gives them back
+with the lease's release.
 
 Each run is counted (``cicb_tasks_total``: done, retried, skipped, deferred, dead_lettered)
 and timed.
