@@ -8,12 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
-from kombu.exceptions import OperationalError
 
 from pipeline.cli import main as cicb
 from pipeline.routing import Route
 from tests.support import wait_until
-from tests.workers.conftest import Tier
+from tests.workers.conftest import Tier, refuse_once
 
 STEPS = ["first", "second"]
 
@@ -108,19 +107,11 @@ def test_a_callback_whose_route_could_not_start_is_not_a_duplicate_when_replayed
 def test_a_broker_that_cannot_take_the_route_retries_the_callback_not_dead_letters_it(
     tier: Tier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.tasks as tasks
-
-    class Refused:
-        def apply_async(self) -> None:
-            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
-    real_chain, refusals = tasks.chain, [Refused()]
-    monkeypatch.setattr(
-        tasks, "chain", lambda *steps: refusals.pop() if refusals else real_chain(*steps)
-    )
+    refusals = refuse_once(monkeypatch, tier.app.tasks["tests.first"])
     tier.ingest(tier.callback("jbrokeraway", tag="Steps"))
     wait_until(lambda: len(tier.runs()) == 2, what="the route, once the broker is back")
     tier.idle()
+    assert refusals == []
     assert tier.runs() == ["first:jbrokeraway", "second:jbrokeraway"]
     assert tier.dead_letters() == []
     retried = {"task": "cicb.ingest", "outcome": "retried", "error": "BrokerUnavailable"}
