@@ -62,7 +62,7 @@ class RedisEnqueuer:
         self._publish = self._redis.register_script(PUBLISH)
         # The message as Celery writes it, cut where each callback's own values go.
         origin = f"gen{os.getpid()}@{socket.gethostname()}"
-        self._template = _template(origin=origin, reply_to=str(uuid.uuid4()))
+        self._format, self._slots = _template(origin=origin, reply_to=str(uuid.uuid4()))
         self._waiting: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -72,17 +72,16 @@ class RedisEnqueuer:
         # What Flower shows of the arguments: the repr of a long body, cut short before it
         # is made rather than after.
         shown = repr([{**envelope, "body": envelope["body"][:ARGSREPR_MAX_CHARS]}])
-        quoted_id = b'"%s"' % task_id.encode()
         values = {
-            b"body": b'"%s"' % body,
-            b"task_id": quoted_id,
-            b"argsrepr": orjson.dumps(shown[:ARGSREPR_MAX_CHARS]),
-            b"tag": b'"%s"' % tag.encode(),
+            "body": b'"%s"' % body,
+            "task_id": b'"%s"' % task_id.encode(),
+            "argsrepr": orjson.dumps(shown[:ARGSREPR_MAX_CHARS]),
+            "tag": b'"%s"' % tag.encode(),
         }
-        return b"".join(values[part] if i % 2 else part for i, part in enumerate(self._template))
+        return self._format % tuple(values[slot] for slot in self._slots)
 
     async def ingest(self, envelope: dict[str, Any]) -> str:
-        task_id, tag = str(uuid.uuid4()), str(uuid.uuid4())
+        task_id, tag = random_uuid(), random_uuid()
         message = self.message(envelope, task_id, tag)
         write = _Write(task_id, message, tag, asyncio.get_running_loop().create_future())
         self._waiting.append(write)
@@ -138,10 +137,20 @@ class RedisEnqueuer:
         await self._redis.aclose()
 
 
-def _template(*, origin: str, reply_to: str) -> list[bytes]:
+def random_uuid() -> str:
+    """A random (version 4) UUID as Celery writes task ids and kombu delivery tags:
+    ``str(uuid.uuid4())``, at a third of its cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _template(*, origin: str, reply_to: str) -> tuple[bytes, tuple[str, ...]]:
     """The task message Celery writes for ``cicb.ingest`` (protocol 2, JSON, base64 body),
-    split into literal parts and, between them, the names of the values each message
-    fills in: ``[literal, name, literal, name, ..., literal]``."""
+    as a bytes format with a ``%s`` where each message's own values go, and the names of
+    those values in order."""
 
     def slot(name: str) -> str:
         return f"\x00{name}\x00"
@@ -182,7 +191,9 @@ def _template(*, origin: str, reply_to: str) -> list[bytes]:
             "delivery_tag": slot("tag"),
         },
     }
-    return re.split(rb'"\\u0000(\w+)\\u0000"', orjson.dumps(message))
+    parts = re.split(rb'"\\u0000(\w+)\\u0000"', orjson.dumps(message))
+    literals = (part.replace(b"%", b"%%") for part in parts[0::2])
+    return b"%s".join(literals), tuple(slot.decode() for slot in parts[1::2])
 
 
 # What /readyz writes to know the broker takes writes.

@@ -10,9 +10,9 @@ once the broker has it. It parses nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -100,7 +100,7 @@ class CallbackEndpoint:
         request_id = (
             given_id.decode("latin-1")
             if given_id is not None and _REQUEST_ID.fullmatch(given_id.decode("latin-1"))
-            else uuid.uuid4().hex
+            else os.urandom(16).hex()  # as random as uuid4().hex, cheaper
         )
         client = scope.get("client")
         peer = client[0] if client else None

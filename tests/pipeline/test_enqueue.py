@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from typing import Any
 
 import redis
 
-from pipeline.brokers.fastpath import RedisEnqueuer
+from pipeline.brokers.fastpath import RedisEnqueuer, random_uuid
 from pipeline.brokers.kind import kind_of
 from pipeline.brokers.publishing import CeleryEnqueuer
 from pipeline.endpoints import RedisEndpoint
@@ -61,6 +62,22 @@ def test_the_fast_path_writes_what_celery_writes(broker_url: str) -> None:
     meta = json.loads(client.hget("cicb:inflight:meta", task_id))  # type: ignore[arg-type]
     assert meta["q"] == "ingest" and meta["tag"] == kept["properties"]["delivery_tag"]
     assert client.zscore("cicb:inflight", task_id) is not None
+    # Its ids are random UUIDs written as Celery and kombu write theirs.
+    for value in (task_id, kept["properties"]["delivery_tag"]):
+        assert_uuid4(value)
+    assert kept["properties"]["correlation_id"] == kept["headers"]["root_id"] == task_id
+
+
+def assert_uuid4(value: str) -> None:
+    parsed = uuid.UUID(value)
+    assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, value)
+
+
+def test_random_uuids_are_version_4_and_differ() -> None:
+    made = [random_uuid() for _ in range(10_000)]
+    for value in made:
+        assert_uuid4(value)
+    assert len(set(made)) == len(made)
 
 
 def test_redis_brokers_take_the_fast_path_and_others_celery() -> None:
