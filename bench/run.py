@@ -8,7 +8,8 @@ side are the figures that count. Nothing here is a test; nothing asserts a time.
    receiver, to the same server doing no work (ceiling), and to Flask under gunicorn calling
    ``ingest.delay`` (peer); and cicb answering only once a replica has each callback
    (``CICB_MIN_REPLICAS=1``, a second Valkey replicating the broker). Every accepted
-   callback is then counted on the broker.
+   callback is then counted on the broker, and each run says how often the broker forked
+   to rewrite its append-only file, and for how long its last fork stopped it.
 2. End to end: callbacks/s through ingest and a one-step no-op route, beside Celery's own
    no-op task rate with the same broker and worker settings, run by run.
 3. Round trips: the worker's to Redis per callback and per Celery no-op task, counted by a
@@ -303,9 +304,10 @@ class Bench:
                         server,
                     ),
                 ):
-                    cpu_before = cpu_s(server)
+                    cpu_before, forks_before = cpu_s(server), self.forks()
                     result = wrk(url, SECONDS)
                     result["cpu_us"] = (cpu_s(server) - cpu_before) / result["total"] * 1e6
+                    result["forks"], result["fork_ms"] = self.forks_since(forks_before)
                 accepted = result["total"] - result["non2xx"]
                 if kind != "ceiling":
                     queued = self.redis.llen("ingest") + self.redis.llen("celery")
@@ -344,16 +346,31 @@ class Bench:
                     f"{rps / peer:.1f}x",
                     f"{rps / ceiling:.0%}",
                     f"{median(config, 'cpu_us'):.0f}",
+                    "" if kind == "ceiling" else forks_shown(results[config]),
                 ]
             )
         rows.append(
             [
                 "every accepted callback on the broker",
                 "yes" if queued_ok else "NO",
-                *[""] * 5,
+                *[""] * 6,
             ]
         )
         return rows
+
+    def forks(self) -> tuple[int, int]:
+        """The broker's AOF rewrites so far, and how long (µs) its main thread stopped for
+        the last one's fork (it answers nothing meanwhile)."""
+        stats = self.redis.info("persistence") | self.redis.info("stats")
+        return int(stats["aof_rewrites"]), int(stats["latest_fork_usec"])
+
+    def forks_since(self, before: tuple[int, int]) -> tuple[int, float]:
+        """The rewrites since ``before`` and the last one's fork in ms (0 without one);
+        waits for a rewrite under way to be counted."""
+        wait_for(lambda: not self.redis.info("persistence")["aof_rewrite_in_progress"])
+        count, fork_us = self.forks()
+        rewrites = count - before[0]
+        return rewrites, fork_us / 1000 if rewrites else 0.0
 
     def worker(self, log: Path, **extra: str) -> Any:
         """A worker as cicb runs it, with the no-op routes of bench/noop_routes.py."""
@@ -579,6 +596,12 @@ class Target:
         return [self.name, self.shown(self.measured), bound, verdict]
 
 
+def forks_shown(runs: list[dict[str, float]]) -> str:
+    """The broker's AOF rewrites in a run and the last one's fork (the median run's)."""
+    run = sorted(runs, key=lambda r: r["forks"])[len(runs) // 2]
+    return f"{run['forks']:.0f} ({run['fork_ms']:.1f} ms)" if run["forks"] else "0"
+
+
 def accepted(url: str) -> int:
     """Callbacks the receiver has answered 200, from its /metrics."""
     text = httpx.get(url.replace("/callbacks", "/metrics")).text
@@ -627,6 +650,7 @@ def main() -> None:
                             "vs peer",
                             "vs ceiling",
                             "CPU µs/req",
+                            "broker AOF rewrites (last fork)",
                         ],
                         bench.receiver_rows(),
                     ),
