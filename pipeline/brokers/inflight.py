@@ -32,6 +32,7 @@ messages of a connection that died.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -253,6 +254,20 @@ def with_new_tag(raw: bytes) -> tuple[bytes, str]:
     return json.dumps(message).encode(), tag
 
 
+def _goes_on(raw: bytes) -> bool:
+    """Whether a task message (kombu's envelope, protocol 2) has a chain or callbacks after
+    its task; not for what cannot be read."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        embed = json.loads(body)[2]
+        return bool(embed.get("chain") or embed.get("callbacks"))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return False
+
+
 @dataclass
 class SweepResult:
     """What one sweep found, by state, and which task ids it published again."""
@@ -345,6 +360,13 @@ class Inflight:
         """``worker`` stops: it holds nothing any more."""
         self._gone(keys=[WORKERS_KEY, HELD_PREFIX + worker, DISTURBED_KEY], args=[worker])
 
+    def _chained(self, task_ids: Sequence[str]) -> list[str]:
+        """Of ``task_ids``, those whose kept message has a chain or callbacks to go on."""
+        if not task_ids:
+            return []
+        raws = cast(list[bytes | None], self.client.hmget(MESSAGES_KEY, list(task_ids)))
+        return [i for i, raw in zip(task_ids, raws, strict=True) if raw and _goes_on(raw)]
+
     def lock(self, holder: str, ttl_s: float) -> bool:
         """Take (or keep) the sweep for ``holder`` for ``ttl_s``."""
         ttl_ms = int(ttl_s * 1000)
@@ -364,12 +386,17 @@ class Inflight:
         running ones for later, and push again those lost twice ``confirm_s`` apart.
 
         ``settled``: the state of the tasks that need no look at the broker, from the
-        guard's records (``done`` or ``running``).
+        guard's records (``done`` or ``running``). A done task whose message carries more
+        of a chain is looked for like the others: Celery sends the chain's next step only
+        once the task has returned, and a broker away then leaves it unsent; the message
+        pushed again finds its task done and sends the rest.
         """
         result = SweepResult()
-        done = [i for i in ids if settled.get(i) == "done"]
+        finished = [i for i in ids if settled.get(i) == "done"]
+        going_on = set(self._chained(finished))
+        done = [i for i in finished if i not in going_on]
         running = [i for i in ids if settled.get(i) == "running"]
-        others = [i for i in ids if i not in settled]
+        others = [i for i in ids if i not in settled or i in going_on]
         if done:
             self.forget(*done)
         if running:

@@ -4,6 +4,7 @@ waiting on their queue, held by a live worker or running."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -179,6 +180,29 @@ def test_running_and_finished_tasks_take_no_look_at_the_broker(
         inflight.sweep({"running": "running", "finished": "done"}, ids)
     assert client.llen("actions") == 0
     assert inflight.count() == 1  # the finished one is forgotten, the running one kept
+
+
+def test_a_finished_task_whose_chain_goes_on_is_looked_for_and_pushed_again(
+    inflight: Inflight, client: redis.Redis
+) -> None:
+    # Its task finished, then Celery could not send the chain's next step (the broker was
+    # away) and the message was acked: only this record can bring the next step about.
+    rest = [{"task": "cicb.retry_job", "args": [], "kwargs": {}, "options": {}}]
+    body = json.dumps([[{}], {}, {"chain": rest, "callbacks": None}]).encode()
+    chained = json.loads(message("chained", "tag-chained"))
+    chained.update(body=base64.b64encode(body).decode())
+    chained["properties"]["body_encoding"] = "base64"
+    raw = json.dumps(chained).encode()
+    inflight.publish("actions", [("chained", raw, "tag-chained")])
+    publish(inflight, "finished")
+    client.delete("actions")
+    inflight.heartbeat("w1", [], disturbed=True)
+    for _ in range(6):
+        time.sleep(CONFIRM_S / 2 + 0.05)
+        inflight.sweep({"chained": "done", "finished": "done"}, inflight.due())
+    [again] = client.lrange("actions", 0, -1)
+    assert json.loads(again)["headers"]["id"] == "chained"
+    assert inflight.count() == 1  # the one without a chain is forgotten
 
 
 def test_a_record_that_changed_since_it_was_found_lost_is_left_alone(
