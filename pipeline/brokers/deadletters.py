@@ -11,8 +11,6 @@ messages and works the same on RabbitMQ.
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from typing import Any
 from kombu import Connection, Message, Producer, Queue
 
 from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.messages import body_of
 from pipeline.brokers.queues import DEAD_LETTER_QUEUE, queue
 from pipeline.errors import PermanentError
 
@@ -78,11 +77,7 @@ class DeadLetter:
 
 def _from_redis(raw: bytes) -> DeadLetter:
     """A dead letter as kombu's Redis transport keeps it in the queue's list."""
-    message = json.loads(raw)
-    body = message["body"]
-    if message.get("properties", {}).get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    return DeadLetter.from_json(json.loads(body))
+    return DeadLetter.from_json(body_of(raw))
 
 
 class NotFound(PermanentError):

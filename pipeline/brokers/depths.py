@@ -10,7 +10,6 @@ so the oldest callback's age is unknown there.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ import redis
 from pipeline.brokers.envelope import Envelope
 from pipeline.brokers.inflight import DUE_KEY, SUSPECTS_KEY
 from pipeline.brokers.kind import BrokerKind
+from pipeline.brokers.messages import body_of
 from pipeline.brokers.queues import (
     ACTIONS_QUEUE,
     DEAD_LETTER_QUEUE,
@@ -64,11 +64,7 @@ def received_at_of(message: bytes) -> datetime | None:
     """The received time of the callback in a kombu Redis message, or None when the message
     is not a cicb ingest task."""
     try:
-        data = orjson.loads(message)
-        body = data["body"]
-        if data.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = orjson.loads(body)[0]
+        args = body_of(message)[0]
         return Envelope.from_json(args[0]).received_at
     except (orjson.JSONDecodeError, binascii.Error, LookupError, TypeError, PermanentError):
         return None

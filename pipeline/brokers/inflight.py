@@ -32,7 +32,6 @@ messages of a connection that died.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -42,6 +41,7 @@ from typing import Any, cast
 import redis
 
 from pipeline import logs
+from pipeline.brokers.messages import body_of
 from pipeline.scripts import queue_script
 
 DUE_KEY = "cicb:inflight"  # task id -> when the sweep looks at its record next
@@ -258,13 +258,9 @@ def _goes_on(raw: bytes) -> bool:
     """Whether a task message (kombu's envelope, protocol 2) has a chain or callbacks after
     its task; not for what cannot be read."""
     try:
-        message = json.loads(raw)
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        embed = json.loads(body)[2]
+        embed = body_of(raw)[2]
         return bool(embed.get("chain") or embed.get("callbacks"))
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, LookupError, TypeError, AttributeError):
         return False
 
 
