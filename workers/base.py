@@ -60,8 +60,9 @@ from workers.resources import resources
 log = logs.get_logger("cicb.task")
 
 
-# The running task's: ``writes`` it leaves for its last round trip (``end_with``), and
-# ``claimed``, its claims' answers (``claims``).
+# The running task's: ``writes`` it leaves for its last round trip (``end_with``),
+# ``claimed``, its claims' answers (``claims``), and ``finished``, its request once its run is
+# recorded done (Celery's ``on_failure`` then sees its own empty one).
 _running = threading.local()
 
 # What a task keeps of Celery's options while its countdown runs: not the countdown, and
@@ -172,6 +173,7 @@ class PipelineTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _running.writes = []
         _running.claimed = {}
+        _running.finished = None
         attempts.begin()
         logs.clear()
         logs.bind(task=self.name, task_id=self.request.id, attempt=self.request.retries + 1)
@@ -247,6 +249,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             raise
         writes = [*_running.writes, *self._attempt(DONE)]
         res.finished(task_id, owner, forget=not self._continues(), before=writes)
+        _running.finished = self.request
         return "done", result
 
     def _give_back(self) -> list[Callable[[Any], None]]:
@@ -343,9 +346,15 @@ class PipelineTask(Task):  # type: ignore[misc]
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        finished = getattr(_running, "finished", None)
+        if finished is not None and finished.id == task_id:
+            self._send_again(finished, exc)
+            return
         letter = DeadLetter(
             task=self.name,
-            queue=(self.request.delivery_info or {}).get("routing_key") or self.queue or "",
+            queue=(self.request.delivery_info or {}).get("routing_key")
+            or getattr(self, "queue", None)
+            or "",
             args=list(args),
             kwargs={**kwargs, **getattr(exc, "replay_kwargs", {})},
             error=type(exc).__name__,
@@ -368,3 +377,17 @@ class PipelineTask(Task):  # type: ignore[misc]
             reason=letter.reason,
             attempts=letter.attempts,
         )
+
+    def _send_again(self, finished: Any, exc: BaseException) -> None:
+        """The run is recorded done, and Celery could not send what follows it in its chain
+        (the broker went away as the task ended; it calls this an error outside the body,
+        and acks the message). Not a failure of the step, so not dead-lettered: its message
+        is sent again, whose delivery finds the step done and sends the rest. If the broker
+        cannot take that either, the message's in-flight record brings it back (on Redis: a
+        worker's broken connection is a disturbance, so the sweep looks for it)."""
+        log.warning("task.chain_not_sent", error=repr(exc))
+        try:
+            with publishing("the step, sent again for its chain"):
+                self.signature_from_request(finished, headers=headers_of(finished)).apply_async()
+        except BrokerUnavailable as error:
+            log.error("task.chain_not_sent_again", error=str(error))

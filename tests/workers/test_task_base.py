@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from pipeline.brokers.inflight import Inflight, SweepResult
 from pipeline.cli import main as cicb
 from tests.support import wait_until
-from tests.workers.conftest import Tier
+from tests.workers.conftest import Tier, refuse_once
 
 MAX_DELIVERIES = 3
 MAX_RETRIES = 2
@@ -95,3 +96,22 @@ def test_a_failed_step_is_dead_lettered_with_its_id_and_the_steps_after_it(tier:
     assert [step["task"] for step in letter.chain or []] == ["tests.second"]
     assert tier.runs() == ["failing:jchain"] * (MAX_RETRIES + 1)  # second never ran
     tier.idle()
+
+
+def test_a_step_whose_next_step_the_broker_refused_is_sent_again_not_dead_lettered(
+    tier: Tier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first step runs and is recorded done; then the broker refuses the second as Celery
+    # sends it (outside the task's body): the first's message goes out again, its delivery
+    # finds it done, and the rest of the chain is sent. Without the sweep to fall back on
+    # (RabbitMQ has none; on Redis it would find the first's message lost seconds later).
+    monkeypatch.setattr(Inflight, "sweep", lambda *_: SweepResult())
+    refusals = refuse_once(monkeypatch, tier.app.tasks["tests.second"])
+    tier.ingest(tier.callback("jnextrefused", tag="Steps"))
+    wait_until(lambda: len(tier.runs()) == 2, what="the second step, sent on the second try")
+    tier.idle()
+    assert refusals == []
+    assert tier.runs() == ["first:jnextrefused", "second:jnextrefused"]
+    assert tier.dead_letters() == []
+    by_outcome = tier.counts("cicb_tasks_total", "outcome")
+    assert by_outcome == {"done": 3, "skipped": 1}  # ingest, first, second; first again
