@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy pipeline workers
+	$(VENV)/bin/mypy pipeline workers bench
 
 test: lint typecheck
 	$(PY) -m pytest

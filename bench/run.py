@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +103,8 @@ def rss_mb(proc: subprocess.Popen[bytes]) -> float:
     """Resident memory of a process and all its children, in MB."""
     parent = psutil.Process(proc.pid)
     procs = [parent, *parent.children(recursive=True)]
-    return sum(p.memory_info().rss for p in procs if p.is_running()) / 1e6
+    total: int = sum(p.memory_info().rss for p in procs if p.is_running())
+    return total / 1e6
 
 
 def cpu_s(proc: subprocess.Popen[bytes]) -> float:
@@ -230,10 +231,10 @@ class Bench:
 
     @contextmanager
     def server(
-        self, kind: str, workers: int = 1, **extra: str
+        self, kind: str, workers: int = 1, extra: Mapping[str, str] | None = None
     ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         port = free_port()
-        env = {**self.env, "CICB_RECEIVER_PORT": str(port), **extra}
+        env = {**self.env, "CICB_RECEIVER_PORT": str(port), **(extra or {})}
         if kind == "cicb":
             args = [str(BIN / "cicb"), "receiver", "--workers", str(workers)]
         elif kind == "ceiling":
@@ -299,7 +300,7 @@ class Bench:
                 replicated = label == REPLICATED
                 with (
                     self.replica() if replicated else contextlib.nullcontext(),
-                    self.server(kind, workers, **(MIN_REPLICAS if replicated else {})) as (
+                    self.server(kind, workers, MIN_REPLICAS if replicated else None) as (
                         url,
                         server,
                     ),
@@ -381,6 +382,10 @@ class Bench:
         """What the no-op routes and tasks have counted (bench/noop_routes.py)."""
         return int(self.redis.get("bench:done") or 0)
 
+    def wait_done(self, count: int, timeout_s: float) -> None:
+        """Wait until the no-op routes and tasks have counted ``count``."""
+        wait_for(lambda: self.done() >= count, timeout_s)
+
     def cicb_run(
         self,
         count: int = E2E_CALLBACKS,
@@ -396,16 +401,16 @@ class Bench:
         if round_trips is not None:
             worker_extra["CICB_BROKER_URL"] = self.counted_url
         with (
-            self.server("cicb", **extra) as (url, _),
+            self.server("cicb", extra=extra) as (url, _),
             self.worker(self.tmp / "worker.log", **worker_extra) as worker,
         ):
             post_one(url)  # the worker is up and warm once this one is routed
-            wait_for(lambda: self.done() >= 1, 120)
+            self.wait_done(1, 120)
             trips = round_trips() if round_trips else 0
             start, cpu = time.monotonic(), cpu_s(worker)
             post_until(url, count + 1)
             total = accepted(url)
-            wait_for(lambda: self.done() >= total, 900)
+            self.wait_done(total, 900)
             return Timed.of(
                 total - 1,
                 time.monotonic() - start,
@@ -426,12 +431,12 @@ class Bench:
             app.producer_or_acquire() as producer,
         ):
             app.send_task("bench.plain_noop", queue="actions", producer=producer)
-            wait_for(lambda: self.done() >= 1, 120)
+            self.wait_done(1, 120)
             trips = round_trips() if round_trips else 0
             start, cpu = time.monotonic(), cpu_s(worker)
             for _ in range(E2E_CALLBACKS):
                 app.send_task("bench.plain_noop", queue="actions", producer=producer)
-            wait_for(lambda: self.done() >= E2E_CALLBACKS + 1, 900)
+            self.wait_done(E2E_CALLBACKS + 1, 900)
             return Timed.of(
                 E2E_CALLBACKS,
                 time.monotonic() - start,
@@ -531,7 +536,7 @@ class Bench:
             for target in MEMORY_AT:
                 post_until(url, target, connections=8)
                 total = accepted(url)
-                wait_for(lambda t=total: self.done() >= t, 3600)
+                self.wait_done(total, 3600)
                 sizes.append((rss_mb(receiver), rss_mb(worker)))
                 rows.append([f"after {total:,} callbacks", *(f"{mb:.0f}" for mb in sizes[-1])])
         (receiver_first, worker_first), (receiver_last, worker_last) = sizes[0], sizes[-1]
