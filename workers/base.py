@@ -61,8 +61,8 @@ log = logs.get_logger("cicb.task")
 
 
 # The running task's: ``writes`` it leaves for its last round trip (``end_with``),
-# ``claimed``, its claims' answers (``claims``), and ``finished``, its request once its run is
-# recorded done (Celery's ``on_failure`` then sees its own empty one).
+# ``claimed``, its claims' answers (``claims``), and ``finished``, its request once its step is
+# known done (Celery's ``on_failure`` then sees its own empty one).
 _running = threading.local()
 
 # What a task keeps of Celery's options while its countdown runs: not the countdown, and
@@ -219,6 +219,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             self._record_now(SKIPPED)
             if not self._continues():
                 res.forget(task_id)
+            _running.finished = self.request
             return "skipped", None
         if start.state == "superseded":
             # A retry of this task is on its way with its own arguments: this older copy

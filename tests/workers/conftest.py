@@ -245,10 +245,11 @@ class Tier:
         )
 
 
-def refuse_once(monkeypatch: pytest.MonkeyPatch, task: Any) -> list[int]:
-    """Make the broker refuse ``task``'s next publish as kombu does once its own retries are
-    used up (the broker's endpoint moved); return the refusals left (empty once it was)."""
-    real, refusals = task.apply_async, [1]
+def refuse(monkeypatch: pytest.MonkeyPatch, task: Any, *, times: int = 1) -> list[int]:
+    """Make the broker refuse ``task``'s next ``times`` publishes as kombu does once its own
+    retries are used up (the broker's endpoint moved); return the refusals left (empty once
+    they all were)."""
+    real, refusals = task.apply_async, [1] * times
 
     def refused_once(*args: object, **kwargs: object) -> object:
         if refusals:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from pipeline.cli import main as cicb
 from pipeline.routing import Route
 from tests.support import wait_until
-from tests.workers.conftest import Tier, refuse_once
+from tests.workers.conftest import Tier, refuse
 
 STEPS = ["first", "second"]
 
@@ -107,7 +107,7 @@ def test_a_callback_whose_route_could_not_start_is_not_a_duplicate_when_replayed
 def test_a_broker_that_cannot_take_the_route_retries_the_callback_not_dead_letters_it(
     tier: Tier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    refusals = refuse_once(monkeypatch, tier.app.tasks["tests.first"])
+    refusals = refuse(monkeypatch, tier.app.tasks["tests.first"])
     tier.ingest(tier.callback("jbrokeraway", tag="Steps"))
     wait_until(lambda: len(tier.runs()) == 2, what="the route, once the broker is back")
     tier.idle()

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from tests.support import wait_until
-from tests.workers.conftest import Tier, refuse_once
+from tests.workers.conftest import Tier, refuse
 
 SAMPLE_QUEUE_ID = b"p2242ab62c7c94486915508540933a2c6"  # tier.callback's
 
@@ -17,7 +17,7 @@ def test_a_broker_that_cannot_take_a_queues_pass_retries_the_reconcile_pass(
 ) -> None:
     import workers.reconcile as reconcile
 
-    refusals = refuse_once(monkeypatch, reconcile.reconcile_queue)
+    refusals = refuse(monkeypatch, reconcile.reconcile_queue)
     # Its queue is learned: a target of the pass. A queue of its own (a worker writes what
     # it learned once a minute, and the tier empties Redis between tests).
     queue_id = f"p{uuid.uuid4().hex}".encode()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support import SAMPLES, wait_until
-from tests.workers.conftest import Tier, refuse_once
+from tests.workers.conftest import Tier, refuse
 
 FAILED = (SAMPLES / "transcode_failed.xml").read_bytes()
 FAILED_JOB_ID = "j7d0eafdaf86c11ecbdf419856486c0ab"
@@ -44,7 +44,7 @@ def test_a_broker_that_cannot_take_the_resubmission_retries_retry_job_not_dead_l
 ) -> None:
     import workers.actions as actions
 
-    refuse_once(monkeypatch, actions.resubmit_job)
+    refuse(monkeypatch, actions.resubmit_job)
     tier.ingest(FAILED)
     wait_until(lambda: tier.ci.submissions(), timeout_s=30, what="the resubmission")
     tier.idle()
