@@ -49,6 +49,13 @@ def headers_of(request: Any) -> dict[str, Any]:
     return {name: request.get(name) for name in STEP_HEADERS if request.get(name) is not None}
 
 
+def queue_of(task: Any, request: Any) -> str:
+    """The queue ``request``'s message came from, else the one ``task`` names (a Celery
+    task has none unless its decorator gives it one), else ""."""
+    routing_key: str | None = (request.delivery_info or {}).get("routing_key")
+    return routing_key or getattr(task, "queue", None) or ""
+
+
 def write_of(
     log: AttemptLog | None,
     task: Any,
@@ -96,7 +103,7 @@ def write_of(
             task=task.name,
             args=list(request.args or ()),
             kwargs=kwargs if kwargs is not None else dict(request.kwargs or {}),
-            queue=(request.delivery_info or {}).get("routing_key") or task.queue or "",
+            queue=queue_of(task, request),
             retries=request.retries + 1,
             headers=headers_of(request),
             chain=request.chain or None,

@@ -53,7 +53,13 @@ from pipeline.endpoints import NotReplicated
 from pipeline.errors import BrokerUnavailable, PermanentError, TransientError
 from pipeline.settings import Settings
 from workers import attempts
-from workers.attempts import LAST_STEP_HEADER, RECEIVED_AT_HEADER, ROUTE_HEADER, headers_of
+from workers.attempts import (
+    LAST_STEP_HEADER,
+    RECEIVED_AT_HEADER,
+    ROUTE_HEADER,
+    headers_of,
+    queue_of,
+)
 from workers.metrics import worker_metrics
 from workers.resources import resources
 
@@ -353,9 +359,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             return
         letter = DeadLetter(
             task=self.name,
-            queue=(self.request.delivery_info or {}).get("routing_key")
-            or getattr(self, "queue", None)
-            or "",
+            queue=queue_of(self, self.request),
             args=list(args),
             kwargs={**kwargs, **getattr(exc, "replay_kwargs", {})},
             error=type(exc).__name__,

@@ -216,3 +216,19 @@ def test_retry_job_and_resubmit_job_say_what_they_decided_and_the_new_job(tier: 
     [resubmitted] = steps["cicb.resubmit_job"]["attempts"]
     assert resubmitted["task_id"] == decided["detail"]["resubmit_task_id"]
     assert resubmitted["detail"] == {"new_job_id": new_job_id}
+
+
+def test_the_queue_of_a_run_is_its_messages_else_its_tasks_else_none() -> None:
+    from celery.app.task import Context
+
+    from workers.attempts import queue_of
+
+    class Named:
+        queue = "media"
+
+    delivered = Context(delivery_info={"routing_key": "actions"})
+    assert queue_of(Named(), delivered) == "actions"
+    assert queue_of(Named(), Context()) == "media"
+    # Celery calls on_failure with an empty request for an error outside the task's body,
+    # and a task has no queue unless its decorator names one.
+    assert queue_of(object(), Context()) == ""
