@@ -387,12 +387,13 @@ class PipelineTask(Task):  # type: ignore[misc]
         """The run is recorded done, and Celery could not send what follows it in its chain
         (the broker went away as the task ended; it calls this an error outside the body,
         and acks the message). Not a failure of the step, so not dead-lettered: its message
-        is sent again, whose delivery finds the step done and sends the rest. If the broker
-        cannot take that either, the message's in-flight record brings it back (on Redis: a
-        worker's broken connection is a disturbance, so the sweep looks for it)."""
+        is sent again (the request's options and headers, as Celery's retry sends it), whose
+        delivery finds the step done and sends the rest. If the broker cannot take that
+        either, the message's in-flight record brings it back (on Redis: a worker's broken
+        connection is a disturbance, so the sweep looks for it)."""
         log.warning("task.chain_not_sent", error=repr(exc))
         try:
             with publishing("the step, sent again for its chain"):
-                self.signature_from_request(finished, headers=headers_of(finished)).apply_async()
+                self.signature_from_request(finished).apply_async()
         except BrokerUnavailable as error:
             log.error("task.chain_not_sent_again", error=str(error))

@@ -118,3 +118,6 @@ def test_a_step_whose_next_step_the_broker_refused_is_sent_again_not_dead_letter
     by_outcome = tier.counts("cicb_tasks_total", "outcome")
     # ingest, first and second done; first's message found done once per refusal.
     assert by_outcome == {"done": 3, "skipped": refusals}
+    # The copies sent again are the route's step still (its headers kept).
+    skipped = {"task": "tests.first", "route": "steps", "outcome": "skipped"}
+    assert tier.count("cicb_tasks_total", **skipped) == refusals
