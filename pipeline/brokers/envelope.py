@@ -8,6 +8,7 @@ worker sees, and a dead letter keeps, is byte for byte what Tencent sent.
 listed as finished whose callback never came) or ``replay`` (``cicb replay``); its events
 carry it. ``scope`` (``cicb replay --force``) gives them a new deduplication scope. Both are
 left out of the JSON when they have their defaults, so a callback's message stays as small.
+``shown`` is what Flower shows of it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import PermanentError
+
+# How much of a callback's body Flower shows in the ``cicb.ingest`` task's arguments.
+SHOWN_BODY_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,3 +85,17 @@ class Envelope:
             )
         except (KeyError, TypeError, AttributeError, ValueError, binascii.Error) as exc:
             raise PermanentError(f"not a cicb envelope: {exc!r}") from exc
+
+
+def shown(data: dict[str, Any]) -> str:
+    """The ``argsrepr`` of a ``cicb.ingest`` task message: what Flower shows of its argument,
+    the envelope ``data`` with its body cut to its first ``SHOWN_BODY_CHARS`` characters.
+
+    Celery's own would be the repr of the whole argument cut at 1,024 characters, all of them
+    body: this one shows every field the receiver wrote, and keeps each message waiting on
+    the broker (and its in-flight copy) most of a kilobyte smaller.
+    """
+    body = data["body"]
+    if len(body) > SHOWN_BODY_CHARS:
+        body = body[:SHOWN_BODY_CHARS] + "..."
+    return repr([{**data, "body": body}])

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 from celery import Celery
 
+from pipeline.brokers.envelope import shown
 from pipeline.brokers.queues import INGEST_QUEUE, INGEST_TASK, ping
 from pipeline.errors import BrokerUnavailable
 
@@ -56,9 +57,11 @@ class Publisher:
         headers: dict[str, Any] | None = None,
         task_id: str | None = None,
         retries: int = 0,
+        argsrepr: str | None = None,
     ) -> str:
         """Publish one task message (``chain``: the steps to run after it; ``headers``: its
-        message headers; ``task_id`` and ``retries``: a given message's, sent again).
+        message headers; ``task_id`` and ``retries``: a given message's, sent again;
+        ``argsrepr``: what Flower shows of ``args``, Celery's repr of them if not given).
 
         Returns the task id; raises ``BrokerUnavailable``.
         """
@@ -72,6 +75,7 @@ class Publisher:
                 headers=headers or None,
                 task_id=task_id,
                 retries=retries,
+                argsrepr=argsrepr,
                 # A node that takes the message and never confirms it (cut off, stuck) is
                 # given up on: the retry policy tries the next node, then the caller is told.
                 timeout=PUBLISH_TIMEOUT_S,
@@ -82,7 +86,7 @@ class Publisher:
         return str(result.id)
 
     def ingest(self, envelope: dict[str, Any]) -> str:
-        return self.send(INGEST_TASK, [envelope], queue_name=INGEST_QUEUE)
+        return self.send(INGEST_TASK, [envelope], queue_name=INGEST_QUEUE, argsrepr=shown(envelope))
 
     def ping(self) -> None:
         with self._app.connection_for_write() as conn:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from pipeline.brokers.envelope import Envelope
+from pipeline.brokers.envelope import SHOWN_BODY_CHARS, Envelope, shown
 from pipeline.errors import PermanentError
 
 
@@ -99,3 +100,17 @@ def valid() -> dict[str, Any]:
 def test_a_broken_envelope_is_a_permanent_error(broken: Any) -> None:
     with pytest.raises(PermanentError):
         Envelope.from_json(broken)
+
+
+def test_flower_is_shown_the_start_of_a_long_body_and_every_field() -> None:
+    body = "<Response>" + "<JobId>j1</JobId>" * 200 + "</Response>"
+    data = make(body.encode()).to_json()
+    text = shown(data)
+    [seen] = ast.literal_eval(text)
+    assert seen == {**data, "body": body[:SHOWN_BODY_CHARS] + "..."}
+    assert len(text) < 600  # not the kilobyte of body Celery's repr would keep
+
+
+def test_flower_is_shown_a_short_body_whole() -> None:
+    data = make(b"<Response/>").to_json()
+    assert ast.literal_eval(shown(data)) == [data]
