@@ -251,13 +251,13 @@ def refuse(monkeypatch: pytest.MonkeyPatch, task: Any, *, times: int = 1) -> lis
     they all were)."""
     real, refusals = task.apply_async, [1] * times
 
-    def refused_once(*args: object, **kwargs: object) -> object:
+    def refused(*args: object, **kwargs: object) -> object:
         if refusals:
             refusals.pop()
-            raise OperationalError("Error 111 connecting to 10.0.0.1:6379. Connection refused.")
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(task, "apply_async", refused_once)
+    monkeypatch.setattr(task, "apply_async", refused)
     return refusals
 
 
