@@ -8,8 +8,9 @@ side are the figures that count. Nothing here is a test; nothing asserts a time.
    receiver, to the same server doing no work (ceiling), and to Flask under gunicorn calling
    ``ingest.delay`` (peer); and cicb answering only once a replica has each callback
    (``CICB_MIN_REPLICAS=1``, a second Valkey replicating the broker). Every accepted
-   callback is then counted on the broker, and each run says how often the broker forked
-   to rewrite its append-only file, and for how long its last fork stopped it.
+   callback is then counted on the broker, and each run says what a waiting callback costs
+   the broker's memory, how often the broker forked to rewrite its append-only file, and
+   for how long its last fork stopped it.
 2. End to end: callbacks/s through ingest and a one-step no-op route, beside Celery's own
    no-op task rate with the same broker and worker settings, run by run.
 3. Round trips: the worker's to Redis per callback and per Celery no-op task, counted by a
@@ -297,6 +298,7 @@ class Bench:
             for config in configs:  # interleaved, so noise hits all alike
                 label, kind, workers = config
                 self.fresh_broker(aof_rewrite="not rewriting" not in label)
+                empty = self.broker_bytes()
                 replicated = label == REPLICATED
                 with (
                     self.replica() if replicated else contextlib.nullcontext(),
@@ -313,6 +315,7 @@ class Bench:
                 if kind != "ceiling":
                     queued = self.redis.llen("ingest") + self.redis.llen("celery")
                     queued_ok &= queued >= accepted
+                    result["kb_each"] = (self.broker_bytes() - empty) / max(queued, 1) / 1e3
                 results[config].append(result)
         self.fresh_broker()
 
@@ -347,6 +350,7 @@ class Bench:
                     f"{rps / peer:.1f}x",
                     f"{rps / ceiling:.0%}",
                     f"{median(config, 'cpu_us'):.0f}",
+                    "" if kind == "ceiling" else f"{median(config, 'kb_each'):.1f}",
                     "" if kind == "ceiling" else forks_shown(results[config]),
                 ]
             )
@@ -354,10 +358,17 @@ class Bench:
             [
                 "every accepted callback on the broker",
                 "yes" if queued_ok else "NO",
-                *[""] * 6,
+                *[""] * 7,
             ]
         )
         return rows
+
+    def broker_bytes(self) -> int:
+        """The broker's memory for its data (``used_memory``): a callback waiting on it is
+        kept there, and written as much to its append-only file. Read once the last run's
+        data, flushed in the background, is freed."""
+        wait_for(lambda: self.redis.info("memory")["lazyfree_pending_objects"] == 0)
+        return int(self.redis.info("memory")["used_memory"])
 
     def forks(self) -> tuple[int, int]:
         """The broker's AOF rewrites so far, and how long (µs) its main thread stopped for
@@ -655,6 +666,7 @@ def main() -> None:
                             "vs peer",
                             "vs ceiling",
                             "CPU µs/req",
+                            "broker KB a waiting callback",
                             "broker AOF rewrites (last fork)",
                         ],
                         bench.receiver_rows(),
