@@ -60,6 +60,8 @@ CONNECTIONS = 50
 E2E_CALLBACKS = int(os.environ.get("BENCH_E2E_CALLBACKS", "4000"))
 MEMORY_AT = (10_000, int(os.environ.get("BENCH_MEMORY_CALLBACKS", "100000")))
 ROUND_TRIP_CALLBACKS = 1000
+# The broker's latency monitor notes each command that takes this long or longer (ms).
+SLOW_COMMAND_MS = 2
 
 
 def free_port() -> int:
@@ -278,6 +280,8 @@ class Bench:
         self.redis.bgrewriteaof()
         wait_for(rewrite_done)
         self.redis.config_set("auto-aof-rewrite-percentage", 100 if aof_rewrite else 0)
+        self.redis.config_set("latency-monitor-threshold", SLOW_COMMAND_MS)
+        self.redis.latency_reset()
 
     def receiver_rows(self) -> list[list[str]]:
         rows = []
@@ -311,6 +315,7 @@ class Bench:
                     result = wrk(url, SECONDS)
                     result["cpu_us"] = (cpu_s(server) - cpu_before) / result["total"] * 1e6
                     result["forks"], result["fork_ms"] = self.forks_since(forks_before)
+                    result["slow_ms"], result["slow_count"] = self.slow_commands()
                 accepted = result["total"] - result["non2xx"]
                 if kind != "ceiling":
                     queued = self.redis.llen("ingest") + self.redis.llen("celery")
@@ -352,13 +357,14 @@ class Bench:
                     f"{median(config, 'cpu_us'):.0f}",
                     "" if kind == "ceiling" else f"{median(config, 'kb_each'):.1f}",
                     "" if kind == "ceiling" else forks_shown(results[config]),
+                    "" if kind == "ceiling" else slow_shown(results[config]),
                 ]
             )
         rows.append(
             [
                 "every accepted callback on the broker",
                 "yes" if queued_ok else "NO",
-                *[""] * 7,
+                *[""] * 8,
             ]
         )
         return rows
@@ -375,6 +381,15 @@ class Bench:
         the last one's fork (it answers nothing meanwhile)."""
         stats = self.redis.info("persistence") | self.redis.info("stats")
         return int(stats["aof_rewrites"]), int(stats["latest_fork_usec"])
+
+    def slow_commands(self) -> tuple[float, int]:
+        """The longest the broker took over one command (a script is one) since the run
+        began, in ms, and how many took ``SLOW_COMMAND_MS`` or more, by its latency
+        monitor; every request waiting on the broker waits as long."""
+        for event in self.redis.latency_latest():
+            if event[0] == b"command":
+                return float(event[3]), int(event[5])  # name, when, latest, max, sum, count
+        return 0.0, 0
 
     def forks_since(self, before: tuple[int, int]) -> tuple[int, float]:
         """The rewrites since ``before`` and the last one's fork in ms (0 without one);
@@ -618,6 +633,12 @@ def forks_shown(runs: list[dict[str, float]]) -> str:
     return f"{run['forks']:.0f} ({run['fork_ms']:.1f} ms)" if run["forks"] else "0"
 
 
+def slow_shown(runs: list[dict[str, float]]) -> str:
+    """The broker's slowest command in a run, and how many were slow (the median run's)."""
+    run = sorted(runs, key=lambda r: r["slow_ms"])[len(runs) // 2]
+    return f"{run['slow_count']:.0f} ({run['slow_ms']:.0f} ms)" if run["slow_count"] else "0"
+
+
 def accepted(url: str) -> int:
     """Callbacks the receiver has answered 200, from its /metrics."""
     text = httpx.get(url.replace("/callbacks", "/metrics")).text
@@ -668,6 +689,7 @@ def main() -> None:
                             "CPU µs/req",
                             "broker KB a waiting callback",
                             "broker AOF rewrites (last fork)",
+                            f"broker commands of {SLOW_COMMAND_MS} ms or more (slowest)",
                         ],
                         bench.receiver_rows(),
                     ),
