@@ -26,8 +26,12 @@ test: lint typecheck
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
+# wrk for the receiver; rabbitmq-server for the RabbitMQ part, installed as .ci/run does
+# (RUNLEVEL=1: the system's service is not started).
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null || \
+		(apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq rabbitmq-server)
 	$(PY) -m bench.run
 
 # The fast test tiers: unit tests and the in-process worker tier (no subprocess stacks).
