@@ -119,6 +119,16 @@ class RabbitMQ:
         if self.server is not None:
             self.server.stop(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """Freeze the node (SIGSTOP): its connections stay open and nothing answers on them,
+        as when a node is cut off the network."""
+        if self.server is not None and self.server.popen is not None:
+            os.killpg(self.server.popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.server is not None and self.server.popen is not None:
+            os.killpg(self.server.popen.pid, signal.SIGCONT)
+
     def close(self) -> None:
         self.stop()
         if self.epmd is not None:

@@ -30,7 +30,18 @@ class Publisher:
     def __init__(self, broker: dict[str, Any]) -> None:
         self._app = Celery("cicb-publisher", set_as_current=False)
         self._app.conf.update(
-            **broker,
+            {
+                **broker,
+                "broker_transport_options": {
+                    **broker.get("broker_transport_options", {}),
+                    # RabbitMQ (py-amqp's socket timeouts): every wait for the broker's answer
+                    # is bounded, not only the confirm's. A connection new to a queue declares
+                    # it first, and a node cut off from its cluster can hold that answer until
+                    # the cut ends. kombu's Redis transport ignores both.
+                    "read_timeout": PUBLISH_TIMEOUT_S,
+                    "write_timeout": PUBLISH_TIMEOUT_S,
+                },
+            },
             broker_connection_retry_on_startup=True,
             task_serializer="json",
             # No task-sent events from the receiver: publishing one retries without a bound

@@ -36,13 +36,16 @@ import pytest
 from kombu import Connection
 
 from pipeline.brokers.deadletters import DeadLetter, DeadLetterQueue
+from pipeline.brokers.kind import kind_of
 from pipeline.brokers.queues import (
     ACTIONS_QUEUE,
     DEAD_LETTER_QUEUE,
     INGEST_QUEUE,
+    INGEST_TASK,
     connection,
     queue,
 )
+from pipeline.errors import BrokerUnavailable
 from pipeline.settings import Settings
 from tests.rabbitmq import RabbitMQ
 from tests.support import (
@@ -240,4 +243,39 @@ def test_a_rabbitmq_crash_loses_no_accepted_callback_and_meanwhile_the_receiver_
     finally:
         if worker is not None:
             worker.stop()
+        server.close()
+
+
+def test_a_node_that_stops_answering_a_publish_is_given_up_on(
+    tmp_path: Path, broker_url: str
+) -> None:
+    """Every wait of a publish is bounded, the declaration's too: a publisher's connection
+    declares a queue the first time it sends there, and a node that stopped answering (cut
+    off, stuck) would hold that answer for as long, and the receiver's request with it."""
+    server = RabbitMQ(tmp_path / "rabbitmq")  # its own: this test freezes it
+    try:
+        server.start()
+        settings = Settings(broker_url=server.url, redis_url=broker_url)
+        publisher = kind_of(settings).publisher(settings)
+        try:
+            publisher.send(INGEST_TASK, [{}], queue_name=INGEST_QUEUE)  # connected
+            server.pause()
+            try:
+                started = time.monotonic()
+                with pytest.raises(BrokerUnavailable):
+                    # A queue this connection has not declared: the declaration goes first.
+                    publisher.send(INGEST_TASK, [{}], queue_name=ACTIONS_QUEUE)
+                given_up_s = time.monotonic() - started
+            finally:
+                server.resume()
+            # Well within the 30 s a callback waits for its answer in the cluster scenarios.
+            assert given_up_s < 25, f"given up on after {given_up_s:.1f} s"
+            # The node answers again: so does the publisher, without a restart.
+            wait_until(
+                lambda: bool(publisher.send(INGEST_TASK, [{}], queue_name=ACTIONS_QUEUE)),
+                what="a publish once the node answers again",
+            )
+        finally:
+            publisher.close()
+    finally:
         server.close()
