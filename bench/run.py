@@ -627,15 +627,20 @@ class Target:
         return [self.name, self.shown(self.measured), bound, verdict]
 
 
+def median_run(runs: list[dict[str, float]], key: str) -> dict[str, float]:
+    """The run whose ``key`` is the median's, so the figures shown beside it are its own."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+
 def forks_shown(runs: list[dict[str, float]]) -> str:
     """The broker's AOF rewrites in a run and the last one's fork (the median run's)."""
-    run = sorted(runs, key=lambda r: r["forks"])[len(runs) // 2]
+    run = median_run(runs, "forks")
     return f"{run['forks']:.0f} ({run['fork_ms']:.1f} ms)" if run["forks"] else "0"
 
 
 def slow_shown(runs: list[dict[str, float]]) -> str:
     """The broker's slowest command in a run, and how many were slow (the median run's)."""
-    run = sorted(runs, key=lambda r: r["slow_ms"])[len(runs) // 2]
+    run = median_run(runs, "slow_ms")
     return f"{run['slow_count']:.0f} ({run['slow_ms']:.0f} ms)" if run["slow_count"] else "0"
 
 
